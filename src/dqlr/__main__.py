@@ -1,0 +1,5 @@
+import sys
+
+from dqlr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""`dqlr ...` commands: parse arguments, call the API, turn DqlrError into one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from dqlr.errors import DqlrError
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from dqlr.simulate import simulate_dataset
+
+    result = simulate_dataset(
+        args.out,
+        plants=args.plants,
+        shape=tuple(args.shape),
+        voxel_size=tuple(args.voxel_size),
+        seed=args.seed,
+        noise=args.noise,
+        degradation=args.degradation,
+        dtype=args.dtype,
+        force=args.force,
+    )
+    print(
+        f"wrote {args.plants} simulated plant(s) to {args.out}; split: "
+        + ", ".join(f"{k}={v}" for k, v in result["split"].items())
+    )
+
+
+def _overrides(pairs: list[str]) -> dict[str, object]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise DqlrError(f"--set {pair}: write it as section.key=value, e.g. train.epochs=3")
+        values[key] = yaml.safe_load(value)
+    return values
+
+
+def _train(args: argparse.Namespace) -> None:
+    from dqlr.config import load_config
+    from dqlr.train import train
+
+    config = None
+    if not args.resume:
+        config = load_config(args.config)
+        overrides = _overrides(args.set or [])
+        if args.device:
+            overrides["train.device"] = args.device
+        if args.epochs:
+            overrides["train.epochs"] = args.epochs
+        if overrides:
+            config = config.with_overrides(overrides)
+    result = train(args.stacks, args.out, config, val_stack=args.val, resume=args.resume)
+    print(f"checkpoints: {result.best} (best), {result.last} (last)")
+
+
+def _enhance(args: argparse.Namespace) -> None:
+    from dqlr.enhance import EnhanceOptions, enhance_files
+
+    options = EnhanceOptions(
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        predict_next=args.predict_next,
+    )
+    outcomes = enhance_files(
+        args.inputs, args.output, args.model, options, args.force, args.channel, args.timepoint
+    )
+    failed = [o for o in outcomes if o.error]
+    for outcome in outcomes:
+        if outcome.error:
+            print(f"failed: {outcome.error}", file=sys.stderr)
+        else:
+            print(f"{outcome.input} -> {', '.join(map(str, outcome.outputs))}")
+    print(f"enhanced {len(outcomes) - len(failed)} of {len(outcomes)} stack(s)")
+    if failed:
+        raise SystemExit(1)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from dqlr.demo import run_demo
+
+    picture = run_demo(args.out, device=args.device)
+    print(f"picture: {picture}")
+
+
+def _config(args: argparse.Namespace) -> None:
+    from dqlr.config import Config
+
+    print(yaml.safe_dump(Config().to_dict(), sort_keys=False), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dqlr", description="Restore deep, degraded slices of confocal z-stacks (DQLR)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="write simulated SAM stacks (observed, clean, labels)")
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--plants", type=int, default=1)
+    p.add_argument("--shape", type=int, nargs=3, default=(48, 256, 256), metavar=("Z", "Y", "X"))
+    p.add_argument(
+        "--voxel-size", type=float, nargs=3, default=(1.0, 0.25, 0.25), metavar=("Z", "Y", "X"), help="µm"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=1.0, help="noise level multiplier")
+    p.add_argument("--degradation", type=float, default=1.0, help="depth degradation multiplier")
+    p.add_argument("--dtype", default="uint16", choices=["uint8", "uint16", "float32"])
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(run=_simulate)
+
+    p = sub.add_parser("train", help="train a DQLR model on noisy stacks (self-supervised)")
+    p.add_argument("stacks", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics)")
+    p.add_argument("--config", type=Path, help="YAML config (see `dqlr config`)")
+    p.add_argument("--val", type=Path, help="validation stack (default: the last training stack)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.batch_size=4",
+    )
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("enhance", help="enhance stacks with a trained (or the shipped) model")
+    p.add_argument("inputs", nargs="+", type=Path, help="stacks or folders of stacks")
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="output file (one input) or folder (several)"
+    )
+    p.add_argument("--model", help="checkpoint (default: the model shipped with dqlr)")
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--predict-next", type=int, default=0, metavar="N", help="also write the predicted next N slices"
+    )
+    p.add_argument("--channel", type=int)
+    p.add_argument("--timepoint", type=int)
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.set_defaults(run=_enhance)
+
+    p = sub.add_parser("demo", help="simulate a stack, enhance it, write a picture")
+    p.add_argument("--out", type=Path, default=Path("out/demo"))
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=_demo)
+
+    p = sub.add_parser("config", help="print the default config as YAML")
+    p.set_defaults(run=_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except DqlrError as error:
+        print(f"dqlr: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dqlr: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Training windows: n+1 consecutive target slices plus the slice above as context.
+
+Windows come from random stacks, depths and positions; crops, flips and 90-degree rotations are
+applied to the whole window alike, and z is never flipped (the recurrence runs top to bottom).
+Stacks may be lazy (memory-mapped TIFF, Zarr): only the window is read, then normalised per stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dqlr.normalize import Normalization, normalize
+
+
+def _read_window(stack: Any, start: int, length: int, y: int, x: int, crop: int) -> np.ndarray:
+    """Slices start..start+length-1 (a start of -1 repeats the top slice as a dummy context)."""
+    first = max(start, 0)
+    block = np.asarray(stack[first : start + length, y : y + crop, x : x + crop])
+    if start < 0:
+        block = np.concatenate([block[:1], block], 0)
+    return block
+
+
+def _pad_to_crop(block: np.ndarray, crop: int) -> np.ndarray:
+    ph, pw = crop - block.shape[1], crop - block.shape[2]
+    if ph > 0 or pw > 0:
+        mode = "reflect" if ph < block.shape[1] and pw < block.shape[2] else "edge"
+        block = np.pad(block, ((0, 0), (0, max(ph, 0)), (0, max(pw, 0))), mode=mode)
+    return block
+
+
+class WindowSampler:
+    """Draws batches of windows (B, n+2, crop, crop) with a mask of windows that start at the top."""
+
+    def __init__(
+        self,
+        stacks: Sequence[Any],
+        normalizations: Sequence[Normalization],
+        targets: int,
+        crop: int,
+        augment: bool = True,
+        top_probability: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        self.stacks, self.normalizations = list(stacks), list(normalizations)
+        self.length = targets + 1
+        self.crop, self.augment, self.top_probability = crop, augment, top_probability
+        self.rng = np.random.default_rng(seed)
+        for stack in self.stacks:
+            if stack.shape[0] < self.length:
+                raise ValueError(f"a stack has {stack.shape[0]} slices; windows need {self.length}")
+        # Stacks are drawn in proportion to their number of windows, so every slice counts equally.
+        counts = np.array([s.shape[0] - self.length + 2 for s in self.stacks], dtype=float)
+        self.weights = counts / counts.sum()
+
+    def window(self, index: int, start: int, y: int, x: int) -> np.ndarray:
+        stack, norm = self.stacks[index], self.normalizations[index]
+        block = _read_window(stack, start, self.length, y, x, self.crop)
+        return normalize(_pad_to_crop(block, self.crop), norm)
+
+    def _position(self, index: int) -> tuple[int, int, int]:
+        depth, height, width = self.stacks[index].shape
+        start = int(self.rng.integers(-1, depth - self.length + 1))
+        y = int(self.rng.integers(0, max(height - self.crop, 0) + 1))
+        x = int(self.rng.integers(0, max(width - self.crop, 0) + 1))
+        return start, y, x
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        windows, tops = [], []
+        for _ in range(batch):
+            index = int(self.rng.choice(len(self.stacks), p=self.weights))
+            start, y, x = self._position(index)
+            block = self.window(index, start, y, x)
+            if self.augment:
+                block = np.rot90(block, int(self.rng.integers(4)), axes=(1, 2))
+                if self.rng.random() < 0.5:
+                    block = block[:, :, ::-1]
+            windows.append(np.ascontiguousarray(block))
+            tops.append(start < 0 or self.rng.random() < self.top_probability)
+        return torch.from_numpy(np.stack(windows)), torch.tensor(tops)
+
+    def fixed_windows(self, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A repeatable set of un-augmented windows, for validation."""
+        saved, self.rng = self.rng, np.random.default_rng(seed)
+        try:
+            augment, self.augment = self.augment, False
+            windows, tops = self.sample(count)
+        finally:
+            self.rng, self.augment = saved, augment
+        return windows, tops
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,264 @@
+"""Whole-stack inference: slice by slice down z, tile by tile, streaming from and to disk.
+
+Each slice goes through E, then R with the latent of the slice above as hidden state (the top slice
+uses the initial state), then Q and G. Latents of the previous slice are kept per tile, so every
+slice is encoded once. Memory holds two slices and their latents, never the whole stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dqlr.checkpoint import LoadedModel, load_model
+from dqlr.errors import DqlrError
+from dqlr.io import check_finite, create_stack_writer, read_stack, stack_format
+from dqlr.normalize import Normalization, denormalize, fit_normalization, normalize
+from dqlr.tiling import Blender, tile_grid
+from dqlr.train import fast_cpu_math, pick_device
+
+ModelLike = LoadedModel | str | Path | None
+
+
+@dataclass
+class EnhanceOptions:
+    """Inference settings; the defaults suit a CPU and slices up to a few thousand pixels."""
+
+    tile: int = 512
+    overlap: int = 48
+    batch_size: int = 4
+    device: str = "auto"
+    predict_next: int = 0
+
+
+def as_model(model: ModelLike, device: str = "auto") -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    return load_model(model, device=pick_device(device))
+
+
+def iter_enhanced(
+    stack: Any,
+    model: LoadedModel,
+    norm: Normalization,
+    options: EnhanceOptions,
+    progress: tqdm | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Yield, for each slice from the top, the enhanced slice (normalised float32) and, when
+    options.predict_next > 0, the predicted next slices (predict_next, H, W)."""
+    network, device = model.network, model.device
+    fast_cpu_math()
+    depth, height, width = stack.shape
+    align = network.config.downsample
+    tile = max(options.tile // align * align, align)
+    regions = tile_grid((height, width), tile, options.overlap, align)
+    above: list[torch.Tensor | None] = [None] * len(regions)
+    with torch.inference_mode():
+        for z in range(depth):
+            raw = np.asarray(stack[z])
+            check_finite(raw, getattr(stack, "filename", None) or "input stack")
+            current = torch.from_numpy(normalize(raw, norm)).to(device)
+            enhanced = Blender((height, width), options.overlap)
+            predicted = Blender((options.predict_next, height, width), options.overlap)
+            # Group tiles of equal shape into batches.
+            order = sorted(range(len(regions)), key=lambda i: _shape(regions[i]))
+            for batch in _batches(order, regions, options.batch_size):
+                tiles = torch.stack([current[regions[i]] for i in batch])[:, None]
+                latents = network.encode(_pad(tiles, align))
+                context = [
+                    above[i] if above[i] is not None else network.initial_state(latents[k])
+                    for k, i in enumerate(batch)
+                ]
+                codes = network.roll(latents, torch.stack(context), options.predict_next)
+                slices, _, _ = network.decode(torch.cat(codes, 0))
+                slices = slices[..., : tiles.shape[-2], : tiles.shape[-1]].float().cpu().numpy()
+                n = len(batch)
+                for k, i in enumerate(batch):
+                    enhanced.add(regions[i], slices[k, 0])
+                    if options.predict_next:
+                        predicted.add(regions[i], slices[n + k :: n, 0])
+                    above[i] = latents[k]
+            if progress is not None:
+                progress.update(1)
+            yield enhanced.result(), predicted.result() if options.predict_next else None
+
+
+def _shape(region: tuple[slice, slice]) -> tuple[int, int]:
+    return (region[0].stop - region[0].start, region[1].stop - region[1].start)
+
+
+def _batches(order: list[int], regions: list[tuple[slice, slice]], size: int) -> Iterator[list[int]]:
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) == size or _shape(regions[i]) != _shape(regions[batch[0]])):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def _pad(tiles: torch.Tensor, multiple: int) -> torch.Tensor:
+    from dqlr.model import pad_to_multiple
+
+    return pad_to_multiple(tiles, multiple)[0]
+
+
+def _check_stack(stack: Any, name: str) -> None:
+    if getattr(stack, "ndim", 0) != 3:
+        raise DqlrError(f"{name}: dqlr needs a 3-D ZYX stack, got shape {getattr(stack, 'shape', '?')}")
+    if stack.shape[0] < 3:
+        raise DqlrError(f"{name}: has {stack.shape[0]} slices; dqlr needs at least 3")
+
+
+def fit_stack_normalization(stack: Any, model: LoadedModel) -> Normalization:
+    """Per-stack percentiles, as the model was trained with (never per slice)."""
+    data = model.config.data
+    return fit_normalization(stack, data.percentile_low, data.percentile_high)
+
+
+def enhance(
+    stack: np.ndarray,
+    model: ModelLike = None,
+    *,
+    tile: int = 512,
+    overlap: int = 48,
+    batch_size: int = 4,
+    device: str = "auto",
+    progress: bool = False,
+) -> np.ndarray:
+    """Enhance a ZYX stack in memory; returns a stack of the same shape and dtype.
+
+    >>> from dqlr import simulate_plant, enhance
+    >>> plant = simulate_plant(shape=(8, 64, 64))
+    >>> enhance(plant.observed).shape
+    (8, 64, 64)
+    """
+    _check_stack(stack, "input stack")
+    loaded = as_model(model, device)
+    options = EnhanceOptions(tile, overlap, batch_size, device)
+    norm = fit_stack_normalization(stack, loaded)
+    out = np.empty(stack.shape, stack.dtype)
+    bar = tqdm(total=stack.shape[0], desc="enhance", unit="slice", disable=not progress)
+    for z, (slice_, _) in enumerate(iter_enhanced(stack, loaded, norm, options, bar)):
+        out[z] = denormalize(slice_, norm, stack.dtype)
+    bar.close()
+    return out
+
+
+def _next_path(output: Path, k: int) -> Path:
+    fmt = stack_format(output)
+    suffix = {"ome-tiff": ".ome.tif", "tiff": ".tif", "zarr": ".zarr"}[fmt]
+    stem = output.name[: -len(suffix)] if output.name.lower().endswith(suffix) else output.stem
+    return output.with_name(f"{stem}.next{k}{suffix}")
+
+
+def enhance_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    model: ModelLike = None,
+    options: EnhanceOptions | None = None,
+    force: bool = False,
+    channel: int | None = None,
+    timepoint: int | None = None,
+    progress: tqdm | None = None,
+) -> list[Path]:
+    """Enhance one file into another of the same format, dtype, axes and voxel size.
+
+    Slices stream from the (memory-mapped) input to the output, written to a temp file and renamed
+    when complete; the input is never overwritten. With predict_next = n, n more stacks are
+    written next to the output: slice i of `NAME.next{k}` is the prediction of slice i+k from slice i.
+    """
+    options = options or EnhanceOptions()
+    input_path, output_path = Path(input_path), Path(output_path)
+    stack = read_stack(input_path, channel=channel, timepoint=timepoint, lazy=True)
+    _check_stack(stack.data, str(input_path))
+    stack_format(output_path)
+    loaded = as_model(model, options.device)
+    norm = fit_stack_normalization(stack.data, loaded)
+    shape, dtype = stack.data.shape, stack.data.dtype
+    paths = [output_path] + [_next_path(output_path, k + 1) for k in range(options.predict_next)]
+    common = dict(voxel_size=stack.voxel_size, force=force, protect=[input_path])
+    with contextlib.ExitStack() as open_writers:  # on any error every temp output is removed
+        writers = [open_writers.enter_context(create_stack_writer(p, shape, dtype, **common)) for p in paths]
+        for z, (slice_, predicted) in enumerate(iter_enhanced(stack.data, loaded, norm, options, progress)):
+            writers[0][z] = denormalize(slice_, norm, dtype)
+            for k in range(options.predict_next):
+                writers[k + 1][z] = denormalize(predicted[k], norm, dtype)
+    return paths
+
+
+@dataclass
+class FileOutcome:
+    input: Path
+    outputs: list[Path]
+    error: str | None = None
+
+
+def enhance_files(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    model: ModelLike = None,
+    options: EnhanceOptions | None = None,
+    force: bool = False,
+    channel: int | None = None,
+    timepoint: int | None = None,
+    progress: bool = True,
+) -> list[FileOutcome]:
+    """Enhance several files (or folders of them) in turn; one failure does not stop the others.
+
+    With one input, `output` is the output file; with several, a folder that receives files of the
+    same names.
+    """
+    options = options or EnhanceOptions()
+    files = expand_inputs(inputs)
+    output = Path(output)
+    if len(files) > 1 or (output.exists() and output.is_dir() and stack_format_or_none(output) is None):
+        output.mkdir(parents=True, exist_ok=True)
+        targets = [output / f.name for f in files]
+    else:
+        targets = [output]
+    loaded = as_model(model, options.device)
+    depths = []
+    for f in files:
+        try:
+            depths.append(read_stack(f, channel=channel, timepoint=timepoint, lazy=True).shape[0])
+        except DqlrError:
+            depths.append(0)
+    bar = tqdm(total=sum(depths), desc="enhance", unit="slice", disable=not progress)
+    outcomes = []
+    for source, target in zip(files, targets, strict=True):
+        try:
+            written = enhance_file(source, target, loaded, options, force, channel, timepoint, progress=bar)
+            outcomes.append(FileOutcome(source, written))
+        except DqlrError as error:
+            outcomes.append(FileOutcome(source, [], str(error)))
+    bar.close()
+    return outcomes
+
+
+def stack_format_or_none(path: Path) -> str | None:
+    try:
+        return stack_format(path)
+    except DqlrError:
+        return None
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders expand to the stacks they hold (TIFF, OME-TIFF, Zarr), sorted."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir() and stack_format_or_none(item) is None:
+            files += sorted(p for p in item.iterdir() if stack_format_or_none(p) is not None)
+        else:
+            files.append(item)
+    if not files:
+        raise DqlrError(f"no stacks found in {', '.join(map(str, inputs))}")
+    return files

@@ -1,0 +1,66 @@
+"""SSIM with a Gaussian window (matching scikit-image) and the DQLR training loss."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dqlr.config import LossConfig
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_taps(sigma: float, truncate: float = 3.5) -> tuple[float, ...]:
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    taps = torch.exp(-0.5 * (x / sigma) ** 2)
+    return tuple((taps / taps.sum()).tolist())
+
+
+def _blur(x: Tensor, taps: Tensor) -> Tensor:
+    """Separable Gaussian filter, 'valid' region only (scikit-image crops the same border)."""
+    c = x.shape[1]
+    x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, sigma: float = 1.5) -> Tensor:
+    """Mean SSIM of (B, C, H, W) images, as skimage's structural_similarity(gaussian_weights=True).
+
+    Same constants (K1 0.01, K2 0.03), window (sigma, truncate 3.5), sample-covariance correction
+    and border cropping, so values agree with scikit-image to float precision.
+    """
+    taps = torch.tensor(_gaussian_taps(sigma), dtype=x.dtype, device=x.device)
+    n = len(taps) ** 2
+    cov_norm = n / (n - 1)
+    mx, my = _blur(x, taps), _blur(y, taps)
+    vx = cov_norm * (_blur(x * x, taps) - mx * mx)
+    vy = cov_norm * (_blur(y * y, taps) - my * my)
+    vxy = cov_norm * (_blur(x * y, taps) - mx * my)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean()
+
+
+def dqlr_loss(
+    outputs: Tensor, targets: Tensor, vq_loss: Tensor, config: LossConfig
+) -> tuple[Tensor, dict[str, float]]:
+    """MSE + lambda_s (1 - SSIM) + lambda_q VQ, summed over the reconstructed and predicted slices."""
+    outputs, targets = outputs.float(), targets.float()
+    mse = F.mse_loss(outputs, targets, reduction="none").mean(dim=(0, 2, 3)).sum()
+    total = mse + config.lambda_quant * vq_loss.float()
+    ssim_loss = outputs.new_zeros(())
+    if config.lambda_ssim > 0:
+        for k in range(outputs.shape[1]):
+            ssim_loss = (
+                ssim_loss + 1 - ssim(outputs[:, k : k + 1], targets[:, k : k + 1], sigma=config.ssim_sigma)
+            )
+        total = total + config.lambda_ssim * ssim_loss
+    parts = {
+        "mse": float(mse.detach()),
+        "ssim_loss": float(ssim_loss.detach()),
+        "vq": float(vq_loss.detach()),
+    }
+    return total, parts

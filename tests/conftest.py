@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny configs and tiny simulated stacks so the suite stays fast on 2 cores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dqlr.config import Config
+
+
+def tiny_config(**model: object) -> Config:
+    """A model small enough to train for a few dozen steps in seconds."""
+    config = Config()
+    values = config.to_dict()
+    values["model"].update(
+        {"base_channels": 8, "latent_channels": 8, "res_blocks": 1, "predict_next": 1, **model}
+    )
+    values["data"].update({"crop": 32})
+    values["train"].update(
+        {
+            "epochs": 2,
+            "steps_per_epoch": 6,
+            "batch_size": 4,
+            "warmup_steps": 2,
+            "val_windows": 4,
+            "device": "cpu",
+        }
+    )
+    return Config.from_dict(values)
+
+
+@pytest.fixture
+def config() -> Config:
+    return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_plants() -> list[np.ndarray]:
+    from dqlr.simulate import simulate_plant
+
+    return [simulate_plant(shape=(10, 48, 48), seed=s).observed for s in (1, 2)]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)

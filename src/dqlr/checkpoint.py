@@ -21,7 +21,7 @@ from dqlr.model import DQLR
 
 FORMAT = "dqlr-checkpoint"
 VERSION = 1
-SHIPPED = {"default": "dqlr_default.pt", "paper": "dqlr_paper.pt", "noquant": "dqlr_noquant.pt"}
+SHIPPED = {"default": "dqlr_default.pt", "noquant": "dqlr_noquant.pt"}
 
 
 @dataclass
@@ -69,8 +69,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def export_model(checkpoint: str | Path, path: str | Path) -> Path:
+    """Copy a training checkpoint without optimiser and random states: a small file to share."""
+    state = read_checkpoint(checkpoint)
+    keep = ("mode", "config", "model", "normalization", "epoch", "step", "metrics")
+    return save_checkpoint(path, {k: state[k] for k in keep if k in state})
+
+
 def shipped_model_path(name: str = "default") -> Path:
-    """Path of a model shipped inside the package ("default", "paper" or "noquant")."""
+    """Path of a model shipped inside the package ("default" or the "noquant" ablation)."""
     if name not in SHIPPED:
         raise DqlrError(f"unknown shipped model '{name}'; choose one of {', '.join(SHIPPED)}")
     path = Path(str(resources.files("dqlr") / "weights" / SHIPPED[name]))

@@ -59,7 +59,7 @@ def _train(args: argparse.Namespace) -> None:
     print(f"checkpoints: {result.best} (best), {result.last} (last)")
 
 
-def _enhance(args: argparse.Namespace) -> None:
+def _enhance(args: argparse.Namespace) -> int:
     from dqlr.enhance import EnhanceOptions, enhance_files
 
     options = EnhanceOptions(
@@ -79,8 +79,7 @@ def _enhance(args: argparse.Namespace) -> None:
         else:
             print(f"{outcome.input} -> {', '.join(map(str, outcome.outputs))}")
     print(f"enhanced {len(outcomes) - len(failed)} of {len(outcomes)} stack(s)")
-    if failed:
-        raise SystemExit(1)
+    return 1 if failed else 0
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -163,14 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args)
     except DqlrError as error:
         print(f"dqlr: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dqlr: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

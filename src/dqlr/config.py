@@ -22,7 +22,7 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Network shape: encoder E, recurrent cell R, quantizer Q, generator G."""
 
-    base_channels: int = Field(24, ge=4, le=256)
+    base_channels: int = Field(16, ge=4, le=256)
     latent_channels: int = Field(32, ge=2, le=512)
     downsample: int = 4
     res_blocks: int = Field(1, ge=0, le=8)
@@ -57,7 +57,7 @@ class LossConfig(_Strict):
 class DataConfig(_Strict):
     """How training windows are cut from the stacks and how intensities are normalised."""
 
-    crop: int = Field(96, ge=16)
+    crop: int = Field(64, ge=16)
     percentile_low: float = Field(0.5, ge=0.0, lt=100.0)
     percentile_high: float = Field(99.8, gt=0.0, le=100.0)
     augment: bool = True
@@ -67,9 +67,9 @@ class DataConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimisation and bookkeeping."""
 
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(20, ge=1)
     steps_per_epoch: int = Field(100, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     warmup_steps: int = Field(50, ge=0)

@@ -1,0 +1,110 @@
+"""End-to-end command-line checks: real commands, real files, exit codes and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dqlr.checkpoint import save_checkpoint
+from dqlr.cli import main
+from dqlr.io import read_stack
+from dqlr.model import DQLR
+from tests.conftest import tiny_config
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+def test_simulate_writes_the_six_plant_layout(tmp_path, capsys) -> None:
+    out = tmp_path / "sim"
+    assert main(["simulate", str(out), "--plants", "6", "--shape", "4", "32", "32"]) == 0
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["train"]) == 4 and len(split["val"]) == 1 and len(split["test"]) == 1
+    stack = read_stack(out / "plant00_observed.tif")
+    assert stack.data.shape == (4, 32, 32) and stack.data.dtype == np.uint16
+    assert stack.voxel_size == pytest.approx((1.0, 0.25, 0.25))
+    capsys.readouterr()
+    assert main(["simulate", str(out), "--plants", "6", "--shape", "4", "32", "32"]) == 2
+    assert "--force" in _error_line(capsys)
+
+
+def test_train_then_enhance_from_the_command_line(tmp_path, capsys) -> None:
+    sim = tmp_path / "sim"
+    main(["simulate", str(sim), "--plants", "2", "--shape", "8", "40", "40"])
+    config = tmp_path / "tiny.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(tiny_config().with_overrides({"train.epochs": 1}).to_dict()))
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            str(sim / "plant00_observed.tif"),
+            str(sim / "plant01_observed.tif"),
+            "--out",
+            str(run),
+            "--config",
+            str(config),
+        ]
+    )
+    assert code == 0 and (run / "best.pt").is_file()
+    out = tmp_path / "enhanced.tif"
+    code = main(
+        [
+            "enhance",
+            str(sim / "plant01_observed.tif"),
+            "-o",
+            str(out),
+            "--model",
+            str(run / "best.pt"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    assert read_stack(out).data.shape == (8, 40, 40)
+    capsys.readouterr()
+    code = main(
+        ["enhance", str(sim / "plant01_observed.tif"), "-o", str(out), "--model", str(run / "best.pt")]
+    )
+    assert code == 1  # the one file failed: output exists
+    assert "--force" in capsys.readouterr().err
+
+
+def test_bad_config_value_exits_with_one_line(tmp_path, capsys) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("train:\n  batch_size: 0\n")
+    code = main(["train", "x.tif", "--out", str(tmp_path / "r"), "--config", str(config)])
+    assert code == 2
+    line = _error_line(capsys)
+    assert "train.batch_size" in line and line.startswith("dqlr: error:")
+
+
+def test_console_script_reports_missing_file(tmp_path) -> None:
+    torch.manual_seed(0)
+    config = tiny_config()
+    save_checkpoint(tmp_path / "m.pt", {"config": config.to_dict(), "model": DQLR(config.model).state_dict()})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dqlr",
+            "enhance",
+            str(tmp_path / "missing.tif"),
+            "-o",
+            str(tmp_path / "o.tif"),
+            "--model",
+            str(tmp_path / "m.pt"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "missing.tif" in result.stderr and "not found" in result.stderr
+    assert not (tmp_path / "o.tif").exists()

@@ -1,0 +1,142 @@
+import numpy as np
+import pytest
+import torch
+
+from dqlr.checkpoint import LoadedModel, save_checkpoint
+from dqlr.enhance import EnhanceOptions, enhance, enhance_file, enhance_files, iter_enhanced
+from dqlr.errors import DqlrError
+from dqlr.io import read_stack, write_stack
+from dqlr.model import DQLR
+from dqlr.normalize import fit_normalization
+from dqlr.tiling import Blender, tile_grid, tile_spans
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> str:
+    """A small, untrained but deterministic model saved as a real checkpoint."""
+    torch.manual_seed(0)
+    config = tiny_config(predict_next=2)
+    network = DQLR(config.model)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, {"mode": "paper", "config": config.to_dict(), "model": network.state_dict()})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def stack() -> np.ndarray:
+    from dqlr.simulate import simulate_plant
+
+    return simulate_plant(shape=(6, 70, 90), seed=3).observed
+
+
+def test_tile_spans_cover_and_align() -> None:
+    for length in (50, 96, 97, 200, 1000):
+        spans = tile_spans(length, 96, 32, align=4)
+        covered = np.zeros(length, bool)
+        for start, stop in spans:
+            covered[start:stop] = True
+            assert start % 4 == 0
+        assert covered.all()
+        for (_, stop), (start, _) in zip(spans, spans[1:], strict=False):
+            assert stop - start >= 32  # overlaps at least as asked
+
+
+def test_blender_reproduces_a_constant_slice() -> None:
+    blender = Blender((100, 130), overlap=24)
+    for region in tile_grid((100, 130), 48, 24, 4):
+        blender.add(
+            region, np.full((region[0].stop - region[0].start, region[1].stop - region[1].start), 3.0)
+        )
+    assert np.allclose(blender.result(), 3.0)
+
+
+def test_tiled_equals_untiled(model_file, stack) -> None:
+    from dqlr.checkpoint import load_model
+
+    model = load_model(model_file)
+    big = np.concatenate([stack, stack[:, ::-1]], axis=2)[:, :, :160]  # 70 x 160 slices
+    norm = fit_normalization(big)
+    whole = [s for s, _ in iter_enhanced(big, model, norm, EnhanceOptions(tile=512))]
+    tiled = [s for s, _ in iter_enhanced(big, model, norm, EnhanceOptions(tile=48, overlap=24))]
+    assert len(tile_grid((70, 160), 48, 24, 4)) > 4
+    difference = max(float(np.abs(a - b).max()) for a, b in zip(whole, tiled, strict=True))
+    spread = float(np.ptp(np.stack(whole)))
+    assert difference < 0.02 * spread
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_enhance_keeps_shape_and_dtype(model_file, stack, dtype) -> None:
+    data = stack.astype(dtype) if dtype != "uint8" else (stack // 256).astype("uint8")
+    data = data[:, :37, :51]  # odd slice size
+    result = enhance(data, model_file, device="cpu")
+    assert result.shape == data.shape and result.dtype == data.dtype
+    assert np.isfinite(result.astype(np.float64)).all()
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".ome.tif", ".zarr"])
+def test_enhance_file_keeps_format_dtype_and_voxel_size(model_file, stack, tmp_path, suffix) -> None:
+    source = tmp_path / f"in{suffix}"
+    write_stack(source, stack, voxel_size=(0.8, 0.21, 0.21))
+    before = source.stat().st_mtime_ns
+    target = tmp_path / f"out{suffix}"
+    options = EnhanceOptions(device="cpu", predict_next=1)
+    paths = enhance_file(source, target, model_file, options)
+    out = read_stack(target)
+    assert out.data.shape == stack.shape and out.data.dtype == stack.dtype
+    assert out.voxel_size == pytest.approx((0.8, 0.21, 0.21), rel=1e-4)
+    assert len(paths) == 2 and paths[1].name.startswith("out.next1")
+    assert read_stack(paths[1]).data.shape == stack.shape
+    assert source.stat().st_mtime_ns == before
+
+
+def test_output_exists_is_refused_and_input_never_overwritten(model_file, stack, tmp_path) -> None:
+    source = tmp_path / "in.tif"
+    write_stack(source, stack)
+    original = source.read_bytes()
+    target = tmp_path / "out.tif"
+    target.write_bytes(b"keep me")
+    with pytest.raises(DqlrError, match="--force"):
+        enhance_file(source, target, model_file)
+    assert target.read_bytes() == b"keep me"
+    with pytest.raises(DqlrError):
+        enhance_file(source, source, model_file, force=True)
+    assert source.read_bytes() == original
+
+
+def test_bad_inputs_give_clear_errors_and_write_nothing(model_file, tmp_path) -> None:
+    import tifffile
+
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, np.zeros((32, 32), np.uint16))
+    with pytest.raises(DqlrError, match="2-D"):
+        enhance_file(flat, tmp_path / "a.tif", model_file)
+    wrong = tmp_path / "wrong.pt"
+    wrong.write_text("hello")
+    source = tmp_path / "ok.tif"
+    write_stack(source, np.zeros((4, 16, 16), np.uint16))
+    with pytest.raises(DqlrError, match="not a dqlr model"):
+        enhance_file(source, tmp_path / "b.tif", str(wrong))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.tif", "ok.tif", "wrong.pt"]
+
+
+def test_several_files_one_failing(model_file, stack, tmp_path) -> None:
+    folder = tmp_path / "in"
+    write_stack(folder / "a.tif", stack)
+    write_stack(folder / "c.tif", stack)
+    (folder / "b.tif").write_bytes(b"garbage")
+    outcomes = enhance_files(
+        [folder], tmp_path / "out", model_file, EnhanceOptions(device="cpu"), progress=False
+    )
+    assert [o.input.name for o in outcomes] == ["a.tif", "b.tif", "c.tif"]
+    assert outcomes[1].error and "b.tif" in outcomes[1].error
+    assert (tmp_path / "out" / "a.tif").is_file() and (tmp_path / "out" / "c.tif").is_file()
+    assert not (tmp_path / "out" / "b.tif").exists()
+
+
+def test_loaded_model_object_is_accepted(model_file, stack) -> None:
+    from dqlr.checkpoint import load_model
+
+    loaded = load_model(model_file)
+    assert isinstance(loaded, LoadedModel)
+    assert np.array_equal(enhance(stack, loaded), enhance(stack, model_file))

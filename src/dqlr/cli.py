@@ -53,6 +53,9 @@ def _train(args: argparse.Namespace) -> None:
             overrides["train.device"] = args.device
         if args.epochs:
             overrides["train.epochs"] = args.epochs
+        if args.mode:
+            overrides["train.mode"] = args.mode
+            overrides["model.condition"] = args.mode == "depth-aware"
         if overrides:
             config = config.with_overrides(overrides)
     result = train(args.stacks, args.out, config, val_stack=args.val, resume=args.resume)
@@ -122,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=Path, help="validation stack (default: the last training stack)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--epochs", type=int)
+    p.add_argument(
+        "--mode",
+        choices=["paper", "depth-aware"],
+        help="paper: reproduce the observed slices (the paper); depth-aware: also learn to undo "
+        "the stack's own depth degradation from its sharp upper slices",
+    )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument(
         "--set",

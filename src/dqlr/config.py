@@ -37,6 +37,7 @@ class ModelConfig(_Strict):
     kmeans_init: bool = True
     dead_code_restart: bool = True
     dead_code_threshold: float = Field(0.5, ge=0.0)
+    condition: bool = False  # depth-aware mode: the encoder also sees the slice's degradation level
 
     @field_validator("downsample")
     @classmethod
@@ -64,6 +65,15 @@ class DataConfig(_Strict):
     top_state_probability: float = Field(0.1, ge=0.0, le=1.0)
 
 
+class DepthAwareConfig(_Strict):
+    """Depth-aware mode: pairs made by degrading sharp upper slices like deeper ones of the same stack."""
+
+    pair_fraction: float = Field(0.5, ge=0.0, le=1.0)  # share of each batch that is pairs
+    reference_fraction: float = Field(0.3, gt=0.0, lt=1.0)  # upper part of a stack used as targets
+    target_smoothing_px: float = Field(0.0, ge=0.0)  # Gaussian sigma applied to targets (0: as is)
+    condition_scale_px: float = Field(4.0, gt=0.0)  # blur sigma (px) that maps to condition 1
+
+
 class TrainConfig(_Strict):
     """Optimisation and bookkeeping."""
 
@@ -77,6 +87,7 @@ class TrainConfig(_Strict):
     val_windows: int = Field(16, ge=1)
     seed: int = 0
     device: str = "auto"
+    mode: Literal["paper", "depth-aware"] = "paper"
     amp: bool = True
     num_threads: int = Field(0, ge=0)
 
@@ -87,6 +98,7 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     data: DataConfig = DataConfig()
+    depth_aware: DepthAwareConfig = DepthAwareConfig()
     train: TrainConfig = TrainConfig()
 
     def to_dict(self) -> dict[str, Any]:

@@ -98,3 +98,60 @@ class WindowSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
+
+
+class PairSampler:
+    """Depth-aware training pairs: sharp upper windows degraded like deeper slices of their stack.
+
+    Inputs are the degraded windows, targets the original upper windows (optionally smoothed), and
+    the condition is the applied blur level, scaled so `scale_px` maps to 1. Draws from the random
+    generator it is given, so a resumed run continues the same sequence.
+    """
+
+    def __init__(
+        self,
+        stacks: Sequence[Any],
+        normalizations: Sequence[Normalization],
+        degradations: Sequence[Any],
+        length: int,
+        crop: int,
+        scale_px: float,
+        target_smoothing_px: float = 0.0,
+        augment: bool = True,
+    ) -> None:
+        self.stacks, self.normalizations = list(stacks), list(normalizations)
+        self.degradations = list(degradations)
+        self.length, self.crop, self.scale_px = length, crop, scale_px
+        self.target_smoothing_px, self.augment = target_smoothing_px, augment
+
+    def sample(self, count: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from scipy.ndimage import gaussian_filter
+
+        from dqlr.degradation import make_pairs
+
+        picks = rng.integers(0, len(self.stacks), count)
+        inputs, targets, levels = [], [], []
+        for index in np.unique(picks):
+            k = int((picks == index).sum())
+            degraded, sharp, depth = make_pairs(
+                self.stacks[index], self.degradations[index], k, self.crop, self.length, rng
+            )
+            norm = self.normalizations[index]
+            degraded, sharp = normalize(degraded, norm), normalize(sharp, norm)
+            if self.target_smoothing_px > 0:
+                sharp = gaussian_filter(sharp, (0, 0, self.target_smoothing_px, self.target_smoothing_px))
+            blur = np.asarray(self.degradations[index].blur_sigma_px)[depth]
+            for j in range(k):
+                pair = np.stack([degraded[j], sharp[j]])
+                if self.augment:
+                    pair = np.rot90(pair, int(rng.integers(4)), axes=(2, 3))
+                    if rng.random() < 0.5:
+                        pair = pair[..., ::-1]
+                inputs.append(np.ascontiguousarray(pair[0]))
+                targets.append(np.ascontiguousarray(pair[1]))
+                levels.append(blur[j] / self.scale_px)
+        return (
+            torch.from_numpy(np.stack(inputs)).float(),
+            torch.from_numpy(np.stack(targets)).float(),
+            torch.tensor(levels, dtype=torch.float32),
+        )

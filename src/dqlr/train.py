@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from dqlr.checkpoint import read_checkpoint, save_checkpoint
 from dqlr.config import Config, save_config
-from dqlr.data import WindowSampler
+from dqlr.data import PairSampler, WindowSampler
 from dqlr.errors import DqlrError
 from dqlr.io import read_stack
 from dqlr.losses import dqlr_loss
@@ -85,20 +85,86 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class _Batch:
+    """Network inputs (B, T, H, W), loss targets (B, T-1, H, W), top flags and condition levels."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    tops: torch.Tensor
+    condition: torch.Tensor | None
+
+    def join(self, other: _Batch) -> _Batch:
+        def levels(b: _Batch) -> torch.Tensor:
+            return b.condition if b.condition is not None else torch.zeros(b.inputs.shape[0])
+
+        return _Batch(
+            torch.cat([self.inputs, other.inputs]),
+            torch.cat([self.targets, other.targets]),
+            torch.cat([self.tops, other.tops]),
+            torch.cat([levels(self), levels(other)]),
+        )
+
+    def to(self, device: torch.device) -> _Batch:
+        condition = None if self.condition is None else self.condition.to(device)
+        return _Batch(self.inputs.to(device), self.targets.to(device), self.tops.to(device), condition)
+
+    def part(self, start: int, stop: int) -> _Batch:
+        condition = None if self.condition is None else self.condition[start:stop]
+        return _Batch(self.inputs[start:stop], self.targets[start:stop], self.tops[start:stop], condition)
+
+
+def _pair_samplers(loaded: list, val: tuple, config: Config) -> tuple[PairSampler, PairSampler]:
+    """Estimate each stack's degradation by depth (from the stack alone) and build pair samplers."""
+    from dqlr.degradation import estimate_degradation
+
+    def build(stacks: list, norms: list) -> PairSampler:
+        degradations = [
+            estimate_degradation(s, reference_fraction=config.depth_aware.reference_fraction) for s in stacks
+        ]
+        return PairSampler(
+            stacks,
+            norms,
+            degradations,
+            length=config.model.predict_next + 2,
+            crop=config.data.crop,
+            scale_px=config.depth_aware.condition_scale_px,
+            target_smoothing_px=config.depth_aware.target_smoothing_px,
+            augment=config.data.augment,
+        )
+
+    return build([d for d, _, _ in loaded], [n for _, n, _ in loaded]), build([val[0]], [val[1]])
+
+
+def _pair_batch(pairs: PairSampler, count: int, rng: np.random.Generator) -> _Batch:
+    inputs, targets, levels = pairs.sample(count, rng)
+    return _Batch(inputs, targets[:, 1:], torch.zeros(count, dtype=torch.bool), levels)
+
+
+def _training_batch(sampler: WindowSampler, pairs: PairSampler | None, config: Config) -> _Batch:
+    size = config.train.batch_size
+    count = 0 if pairs is None else int(round(size * config.depth_aware.pair_fraction))
+    batch = None
+    if size - count > 0:
+        windows, tops = sampler.sample(size - count)
+        batch = _Batch(windows, windows[:, 1:], tops, None)
+    if count:
+        paired = _pair_batch(pairs, count, sampler.rng)
+        batch = paired if batch is None else batch.join(paired)
+    return batch
+
+
 @torch.no_grad()
-def validate(
-    network: DQLR, windows: torch.Tensor, tops: torch.Tensor, config: Config, device: torch.device
-) -> dict[str, float]:
-    """Validation loss and PSNR of the reconstructed slice against the observed one (range 1)."""
+def validate(network: DQLR, batch: _Batch, config: Config, device: torch.device) -> dict[str, float]:
+    """Validation loss and PSNR of the reconstructed slice against its target (data range 1)."""
     network.eval()
     losses, mses, stats_sum = [], [], {}
-    for start in range(0, windows.shape[0], config.train.batch_size):
-        batch = windows[start : start + config.train.batch_size].to(device)
-        top = tops[start : start + config.train.batch_size].to(device)
-        outputs, vq_loss, stats = network(batch, top)
-        loss, _ = dqlr_loss(outputs, batch[:, 1:], vq_loss, config.loss)
+    for start in range(0, batch.inputs.shape[0], config.train.batch_size):
+        part = batch.part(start, start + config.train.batch_size).to(device)
+        outputs, vq_loss, stats = network(part.inputs, part.tops, part.condition)
+        loss, _ = dqlr_loss(outputs, part.targets, vq_loss, config.loss)
         losses.append(float(loss))
-        mses.append(float(((outputs[:, 0].float() - batch[:, 1]) ** 2).mean()))
+        mses.append(float(((outputs[:, 0].float() - part.targets[:, 0]) ** 2).mean()))
         for key, value in stats.items():
             stats_sum[key] = stats_sum.get(key, 0.0) + value
     network.train()
@@ -153,13 +219,14 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after_epochs: int | None = None,
-    mode: str = "paper",
 ) -> TrainResult:
     """Train DQLR on noisy stacks alone; writes last.pt, best.pt, config.yaml, metrics.csv, curves.
 
     Validation uses `val_stack`; without one, the last of several training stacks is held out (split
     by stack, never by slice); a single stack is then used for both, which the log says.
     `stop_after_epochs` ends this call early (a time-boxed run) and `resume=True` picks it up.
+    With config.train.mode "depth-aware", part of every batch is pairs made by degrading the sharp
+    upper slices of each training stack like its deeper ones (see dqlr.degradation).
     """
     run_dir = Path(run_dir)
     if not train_stacks:
@@ -173,6 +240,8 @@ def train(
     else:
         state = None
         config = config or Config()
+        if config.train.mode == "depth-aware" and not config.model.condition:
+            config = config.with_overrides({"model.condition": True})
         if (run_dir / "last.pt").exists():
             raise DqlrError(f"{run_dir}: already holds a run; pass --resume or another --out")
     train_stacks = list(train_stacks)
@@ -207,6 +276,13 @@ def train(
     except ValueError as error:
         raise DqlrError(f"train: {error}; use a smaller model.predict_next") from None
     val_windows, val_tops = val_sampler.fixed_windows(config.train.val_windows, seed=12345)
+    val_batch = _Batch(val_windows, val_windows[:, 1:], val_tops, None)
+    pairs = None
+    if config.train.mode == "depth-aware":
+        pairs, val_pairs = _pair_samplers(loaded, (val_data, val_norm), config)
+        val_batch = val_batch.join(
+            _pair_batch(val_pairs, config.train.val_windows, np.random.default_rng(54321))
+        )
 
     network = DQLR(config.model).to(device)
     optimizer = torch.optim.AdamW(
@@ -253,11 +329,10 @@ def train(
             leave=False,
         )
         for _ in bar:
-            windows, tops = sampler.sample(config.train.batch_size)
-            windows, tops = windows.to(device, non_blocking=True), tops.to(device)
+            batch = _training_batch(sampler, pairs, config).to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                outputs, vq_loss, stats = network(windows, tops)
-            loss, parts = dqlr_loss(outputs, windows[:, 1:], vq_loss, config.loss)
+                outputs, vq_loss, stats = network(batch.inputs, batch.tops, batch.condition)
+            loss, parts = dqlr_loss(outputs, batch.targets, vq_loss, config.loss)
             if not torch.isfinite(loss):
                 raise DqlrError(
                     f"train: loss became {float(loss)} at step {step}; lower the "
@@ -278,7 +353,7 @@ def train(
         epochs_this_call += 1
         row = {"epoch": epoch, "step": step}
         row.update({k: v / config.train.steps_per_epoch for k, v in sums.items()})
-        row.update(validate(network, val_windows, val_tops, config, device))
+        row.update(validate(network, val_batch, config, device))
         if network.quantizer is not None:
             dead = network.quantizer.cluster_size < network.quantizer.dead_code_threshold
             row["dead_codes"] = float(dead.sum())
@@ -286,7 +361,7 @@ def train(
         row["seconds"] = time.perf_counter() - started
         history.append(row)
         checkpoint = {
-            "mode": mode,
+            "mode": config.train.mode,
             "config": config.to_dict(),
             "model": network.state_dict(),
             "normalization": norm_record,

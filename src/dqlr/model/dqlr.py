@@ -28,7 +28,9 @@ class DQLR(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.encoder = Encoder(c.base_channels, c.latent_channels, c.downsample, c.res_blocks)
+        self.encoder = Encoder(
+            c.base_channels, c.latent_channels, c.downsample, c.res_blocks, 1 + int(c.condition)
+        )
         self.recurrent = make_cell(c.recurrent, c.latent_channels)
         self.quantizer = (
             VectorQuantizer(
@@ -52,8 +54,17 @@ class DQLR(nn.Module):
             return torch.randn_like(like)
         return torch.zeros_like(like)
 
-    def encode(self, slices: Tensor) -> Tensor:
-        """(B, 1, H, W), H and W multiples of the downsampling -> latents x."""
+    def encode(self, slices: Tensor, condition: Tensor | None = None) -> Tensor:
+        """(B, 1, H, W), H and W multiples of the downsampling -> latents x.
+
+        A conditioned (depth-aware) model also takes the degradation level of each slice (B,),
+        given to the encoder as a constant second channel; 0 means "reproduce as observed".
+        """
+        if self.config.condition:
+            if condition is None:
+                condition = slices.new_zeros(slices.shape[0])
+            level = condition.to(slices.dtype)[:, None, None, None].expand_as(slices)
+            slices = torch.cat([slices, level], 1)
         return self.encoder(slices)
 
     def roll(self, latent: Tensor, context: Tensor, predict: int) -> list[Tensor]:
@@ -72,15 +83,20 @@ class DQLR(nn.Module):
         quantized, vq_loss, stats = self.quantizer(codes)
         return self.generator(quantized), vq_loss, stats
 
-    def forward(self, window: Tensor, top: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def forward(
+        self, window: Tensor, top: Tensor | None = None, condition: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
         """Training pass on a window (B, T, H, W): slice 0 is the context above, 1..T-1 the targets.
 
         Returns the reconstruction of slice 1 and predictions of slices 2..T-1 as (B, T-1, H, W).
         `top` (B,) marks windows whose context is replaced by the initial state, as for a top slice.
+        `condition` (B,) is the degradation level of a depth-aware model (the window's slices share it).
         """
         b, t, _, _ = window.shape
         padded, (h, w) = pad_to_multiple(window, self.config.downsample)
-        latents = self.encode(padded[:, :2].reshape(b * 2, 1, *padded.shape[-2:]))
+        if condition is not None:
+            condition = condition.repeat_interleave(2)
+        latents = self.encode(padded[:, :2].reshape(b * 2, 1, *padded.shape[-2:]), condition)
         latents = latents.reshape(b, 2, *latents.shape[1:])
         context, current = latents[:, 0], latents[:, 1]
         if top is not None and bool(top.any()):
@@ -93,15 +109,19 @@ class DQLR(nn.Module):
 
     @torch.no_grad()
     def enhance_pair(
-        self, current: Tensor, above: Tensor | None, predict: int = 0
+        self,
+        current: Tensor,
+        above: Tensor | None,
+        predict: int = 0,
+        condition: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Inference on (B, 1, H, W) slices: the enhanced slice and, optionally, the predicted next."""
         padded, (h, w) = pad_to_multiple(current, self.config.downsample)
-        latent = self.encode(padded)
+        latent = self.encode(padded, condition)
         if above is None:
             context = self.initial_state(latent)
         else:
-            context = self.encode(pad_to_multiple(above, self.config.downsample)[0])
+            context = self.encode(pad_to_multiple(above, self.config.downsample)[0], condition)
         codes = self.roll(latent, context, predict)
         slices, _, _ = self.decode(torch.cat(codes, 0))
         slices = slices[..., :h, :w]

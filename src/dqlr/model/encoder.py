@@ -10,9 +10,9 @@ from dqlr.model.blocks import ResidualBlock, conv3x3
 
 
 class Encoder(nn.Module):
-    def __init__(self, base: int, latent: int, downsample: int, res_blocks: int) -> None:
+    def __init__(self, base: int, latent: int, downsample: int, res_blocks: int, inputs: int = 1) -> None:
         super().__init__()
-        layers: list[nn.Module] = [conv3x3(1, base), nn.SiLU()]
+        layers: list[nn.Module] = [conv3x3(inputs, base), nn.SiLU()]
         channels = base
         for _ in range(int(math.log2(downsample))):
             layers += [ResidualBlock(channels) for _ in range(res_blocks)]
@@ -23,5 +23,5 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, slices: Tensor) -> Tensor:
-        """slices: (B, 1, H, W) with H, W multiples of downsample -> (B, C, H/ds, W/ds)."""
+        """slices: (B, inputs, H, W), H and W multiples of downsample -> (B, C, H/ds, W/ds)."""
         return self.net(slices)

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Training throughput of the default config on this machine (windows/s, seconds per epoch).
+
+    .venv/bin/python benchmarks/train_speed.py [--steps 40]
+
+Writes benchmarks/results/train_speed.json and .md. If the shipped model's training run is at
+runs/default/default/metrics.csv, its measured wall time is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from dqlr.config import Config
+from dqlr.data import WindowSampler
+from dqlr.losses import dqlr_loss
+from dqlr.model import DQLR
+from dqlr.normalize import fit_normalization
+from dqlr.simulate import simulate_plant
+from dqlr.train import fast_cpu_math, pick_device
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def measure(config: Config, steps: int, device: torch.device) -> dict[str, float]:
+    fast_cpu_math()
+    stacks = [simulate_plant(seed=s).observed for s in range(2)]
+    norms = [fit_normalization(s) for s in stacks]
+    sampler = WindowSampler(stacks, norms, config.model.predict_next + 1, config.data.crop, seed=0)
+    network = DQLR(config.model).to(device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.train.learning_rate)
+    timings = {"sample": 0.0, "step": 0.0}
+    for step in range(steps + 3):
+        started = time.perf_counter()
+        windows, tops = sampler.sample(config.train.batch_size)
+        windows, tops = windows.to(device), tops.to(device)
+        sampled = time.perf_counter()
+        outputs, vq_loss, _ = network(windows, tops)
+        loss, _ = dqlr_loss(outputs, windows[:, 1:], vq_loss, config.loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= 3:  # the first steps include k-means initialisation and warm-up
+            timings["sample"] += sampled - started
+            timings["step"] += time.perf_counter() - sampled
+    total = timings["sample"] + timings["step"]
+    windows_per_s = steps * config.train.batch_size / total
+    return {
+        "windows_per_second": windows_per_s,
+        "steps_per_second": steps / total,
+        "seconds_per_epoch": config.train.steps_per_epoch / (steps / total),
+        "predicted_training_minutes": config.train.epochs
+        * config.train.steps_per_epoch
+        / (steps / total)
+        / 60,
+        "fraction_in_sampler": timings["sample"] / total,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    config = Config()
+    device = pick_device(args.device)
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "config": {
+            "batch_size": config.train.batch_size,
+            "crop": config.data.crop,
+            "epochs": config.train.epochs,
+            "steps_per_epoch": config.train.steps_per_epoch,
+            "base_channels": config.model.base_channels,
+            "latent_channels": config.model.latent_channels,
+        },
+        **measure(config, args.steps, device),
+    }
+    log = ROOT / "runs" / "default" / "default" / "metrics.csv"
+    if log.is_file():
+        rows = list(csv.DictReader(log.open()))
+        result["shipped_model_training_minutes"] = sum(float(r["seconds"]) for r in rows) / 60
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "train_speed.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        "# Training speed (default config)",
+        "",
+        f"Machine: {result['machine']}; torch {result['torch']}, {result['threads']} threads.",
+        f"Command: `.venv/bin/python benchmarks/train_speed.py --steps {args.steps}`",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| windows per second | {result['windows_per_second']:.1f} |",
+        f"| seconds per epoch ({config.train.steps_per_epoch} steps of {config.train.batch_size}) "
+        f"| {result['seconds_per_epoch']:.1f} |",
+        f"| predicted time for the default {config.train.epochs} epochs (min) "
+        f"| {result['predicted_training_minutes']:.1f} |",
+        f"| share of time in the window sampler | {result['fraction_in_sampler']:.0%} |",
+    ]
+    if "shipped_model_training_minutes" in result:
+        lines.append(
+            f"| measured wall time of the shipped model's training (min) "
+            f"| {result['shipped_model_training_minutes']:.1f} |"
+        )
+    (RESULTS / "train_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

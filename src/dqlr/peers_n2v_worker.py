@@ -1,0 +1,192 @@
+"""Train and apply CAREamics Noise2Void; runs inside .venv-peers, never in dqlr's own environment.
+
+CAREamics pins torch/torchvision versions that clash with dqlr's, so it lives in its own virtualenv
+and dqlr.peers runs this file there on files. It may import only CAREamics (and what CAREamics
+itself brings, such as torch), numpy, tifffile and the standard library, never dqlr.
+
+    python peers_n2v_worker.py job.json   # train + predict, writes the job's result file
+    python peers_n2v_worker.py --check    # import CAREamics and print the versions as JSON
+
+The last line on stderr of a failed run is a one-line error that dqlr.peers shows to the user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+TILE = 256  # slices larger than TILE x TILE are predicted in tiles, which bounds CPU memory
+TILE_OVERLAP = 48  # CAREamics' default tile overlap
+
+
+def _import_torchvision() -> str:
+    """Make torchvision importable next to a CPU-only torch; return how it was imported.
+
+    PyPI's torchvision wheels are CUDA builds: beside a CPU torch their compiled ops fail to load,
+    and torchvision then dies on import while registering fake kernels for the missing nms/qnms
+    operators. CAREamics imports torchvision (LVAE transforms, BMZ export) but N2V uses none of
+    its compiled ops, so declaring those two operator schemas lets the pure-Python part load.
+    """
+    import torch
+
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as error:
+        if "torchvision::" not in str(error):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        for op in ("nms", "qnms"):
+            torch.library.define(
+                f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+            )
+        import torchvision  # noqa: F401
+
+        return "python-only (compiled ops not loadable beside this torch)"
+    return "full"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the pieces that make the baseline, for the record of every run."""
+    mode = _import_torchvision()
+    import careamics
+    import torch
+    import torchvision
+
+    return {
+        "careamics_version": careamics.__version__,
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "torchvision_mode": mode,
+        "python_version": sys.version.split()[0],
+    }
+
+
+def _shape(path: str) -> tuple[int, ...]:
+    """Shape of a TIFF's first series without reading the pixels."""
+    with tifffile.TiffFile(path) as tif:
+        return tuple(tif.series[0].shape)
+
+
+def _check_stack(path: str) -> tuple[int, ...]:
+    shape = _shape(path)
+    if len(shape) != 3:
+        raise ValueError(f"{path}: expected a ZYX stack, got shape {shape}")
+    return shape
+
+
+def _write_float32(path: Path, data: np.ndarray) -> None:
+    """Write atomically, so an interrupted run never leaves a half-written output behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tifffile.imwrite(tmp, np.ascontiguousarray(data, dtype=np.float32))
+    os.replace(tmp, path)
+
+
+def run(job: dict[str, Any]) -> dict[str, Any]:
+    """Train N2V on all slices of the training stacks (axes SYX), then denoise each input stack."""
+    info = versions()
+    from careamics import CAREamist
+    from careamics.config import create_advanced_n2v_config
+
+    for path in job["train_files"] + ([job["val_file"]] if job["val_file"] else []):
+        _check_stack(path)
+    shapes = [_check_stack(path) for path in job["inputs"]]
+
+    minutes = job["minutes"]
+    epochs = job["epochs"]
+    if epochs is None:
+        epochs = -1 if minutes is not None else 30  # 30 is create_n2v_config's default
+    trainer_params: dict[str, Any] = {}
+    if minutes is not None:
+        trainer_params["max_time"] = {"seconds": round(minutes * 60.0, 3)}
+
+    # create_n2v_config's defaults throughout; the advanced factory only adds a fixed seed and
+    # the Lightning time limit.
+    config = create_advanced_n2v_config(
+        experiment_name="n2v",
+        data_type="tiff",
+        axes="SYX",
+        patch_size=[job["patch_size"], job["patch_size"]],
+        batch_size=job["batch_size"],
+        num_epochs=epochs,
+        seed=job["seed"],
+        trainer_params=trainer_params,
+    )
+    work_dir = Path(job["work_dir"])
+    careamist = CAREamist(config, work_dir=work_dir, enable_progress_bar=False)
+
+    start = time.perf_counter()
+    careamist.train(train_data=job["train_files"], val_data=job["val_file"])
+    train_seconds = time.perf_counter() - start
+    trainer = careamist.trainer
+    norm = careamist.config.data_config.normalization
+
+    start = time.perf_counter()
+    tiled = []
+    for path, out, shape in zip(job["inputs"], job["outputs"], shapes, strict=True):
+        tile = (TILE, TILE) if shape[1] * shape[2] > TILE * TILE else None
+        predictions, _ = careamist.predict(
+            path,
+            data_type="tiff",
+            axes="SYX",
+            tile_size=tile,
+            tile_overlap=(TILE_OVERLAP, TILE_OVERLAP),
+        )
+        result = np.asarray(predictions[0], dtype=np.float32)
+        if result.size != int(np.prod(shape)):
+            raise RuntimeError(f"{path}: CAREamics returned shape {result.shape} for a stack of {shape}")
+        _write_float32(Path(out), result.reshape(shape))
+        tiled.append(tile is not None)
+    predict_seconds = time.perf_counter() - start
+
+    return {
+        **info,
+        "train_seconds": train_seconds,
+        "predict_seconds": predict_seconds,
+        "epochs": int(trainer.current_epoch),
+        "steps": int(trainer.global_step),
+        "max_epochs": epochs,
+        "max_seconds": trainer_params.get("max_time", {}).get("seconds"),
+        "stopped_by_time": bool(minutes is not None and (epochs < 0 or trainer.current_epoch < epochs)),
+        "patch_size": job["patch_size"],
+        "batch_size": job["batch_size"],
+        "seed": job["seed"],
+        "normalization": norm.model_dump(),
+        "tiled": tiled,
+        "checkpoints": [str(p) for p in careamist.get_checkpoints()],
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: peers_n2v_worker.py JOB.json | --check", file=sys.stderr)
+        return 2
+    try:
+        if argv[0] == "--check":
+            print(json.dumps(versions()))
+            return 0
+        job = json.loads(Path(argv[0]).read_text())
+        result = run(job)
+        out = Path(job["result_file"])
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, out)
+    except Exception as error:
+        traceback.print_exc()
+        message = " ".join(str(error).split()) or "no message"
+        print(f"{type(error).__name__}: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -108,3 +108,27 @@ def test_console_script_reports_missing_file(tmp_path) -> None:
     assert result.returncode != 0
     assert "missing.tif" in result.stderr and "not found" in result.stderr
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_evaluate_prints_a_table_and_writes_json(tmp_path, capsys) -> None:
+    sim = tmp_path / "sim"
+    main(["simulate", str(sim), "--plants", "1", "--shape", "6", "48", "48"])
+    capsys.readouterr()
+    out_json = tmp_path / "e.json"
+    code = main(
+        [
+            "evaluate",
+            str(sim / "plant00_observed.tif"),
+            "--reference",
+            str(sim / "plant00_clean.tif"),
+            "--json",
+            str(out_json),
+        ]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "PSNR" in table and "deep" in table
+    values = json.loads(out_json.read_text())
+    psnr = values["result"]["thirds"]["psnr"]
+    assert psnr["top"] > psnr["deep"]
+    assert main(["evaluate", str(sim / "plant00_observed.tif"), "--json", str(out_json)]) == 2

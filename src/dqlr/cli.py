@@ -85,6 +85,29 @@ def _enhance(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from dqlr.metrics import evaluate_files, format_table
+
+    for path in (args.json, args.csv):
+        if path is not None and path.exists() and not args.force:
+            raise DqlrError(f"{path}: exists; pass --force to overwrite")
+    evaluation = evaluate_files(args.result, args.reference, args.input, args.json, args.csv)
+    print(format_table(evaluation))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from dqlr.report import report_files
+
+    results = {}
+    for item in args.result:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise DqlrError(f"--result {item}: write it as NAME=PATH, e.g. dqlr=enhanced.tif")
+        results[name] = path
+    path = report_files(args.input, results, args.output, args.reference, args.force)
+    print(f"report: {path}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from dqlr.demo import run_demo
 
@@ -157,6 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timepoint", type=int)
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(run=_enhance)
+
+    p = sub.add_parser("evaluate", help="quality by depth, with or without a clean reference")
+    p.add_argument("result", type=Path, help="the stack to judge (e.g. an enhanced stack)")
+    p.add_argument("--reference", type=Path, help="clean stack (simulations): PSNR and SSIM")
+    p.add_argument("--input", type=Path, help="the raw stack, to show the gain over it")
+    p.add_argument("--json", type=Path, help="write all numbers as JSON")
+    p.add_argument("--csv", type=Path, help="write per-slice numbers as CSV")
+    p.add_argument("--force", action="store_true", help="overwrite existing --json/--csv files")
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("report", help="one HTML file comparing results side by side and by depth")
+    p.add_argument("input", type=Path, help="the raw stack")
+    p.add_argument(
+        "--result",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a result to compare (repeat), e.g. --result dqlr=enhanced.tif",
+    )
+    p.add_argument("--reference", type=Path, help="clean stack (simulations)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="report .html")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(run=_report)
 
     p = sub.add_parser("demo", help="simulate a stack, enhance it, write a picture")
     p.add_argument("--out", type=Path, default=Path("out/demo"))

@@ -50,9 +50,14 @@ def iter_enhanced(
     norm: Normalization,
     options: EnhanceOptions,
     progress: tqdm | None = None,
+    levels: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Yield, for each slice from the top, the enhanced slice (normalised float32) and, when
-    options.predict_next > 0, the predicted next slices (predict_next, H, W)."""
+    options.predict_next > 0, the predicted next slices (predict_next, H, W).
+
+    `levels` (Z,) are the degradation levels a depth-aware model is conditioned on (see
+    `degradation_levels`); None for a paper-mode model.
+    """
     network, device = model.network, model.device
     fast_cpu_math()
     depth, height, width = stack.shape
@@ -71,7 +76,10 @@ def iter_enhanced(
             order = sorted(range(len(regions)), key=lambda i: _shape(regions[i]))
             for batch in _batches(order, regions, options.batch_size):
                 tiles = torch.stack([current[regions[i]] for i in batch])[:, None]
-                latents = network.encode(_pad(tiles, align))
+                condition = None
+                if levels is not None:
+                    condition = torch.full((len(batch),), float(levels[z]), device=device)
+                latents = network.encode(_pad(tiles, align), condition)
                 context = [
                     above[i] if above[i] is not None else network.initial_state(latents[k])
                     for k, i in enumerate(batch)
@@ -118,6 +126,17 @@ def _check_stack(stack: Any, name: str) -> None:
         raise DqlrError(f"{name}: has {stack.shape[0]} slices; dqlr needs at least 3")
 
 
+def degradation_levels(stack: Any, model: LoadedModel) -> np.ndarray | None:
+    """Per-slice condition of a depth-aware model: the stack's own estimated extra blur by depth."""
+    if not model.config.model.condition:
+        return None
+    from dqlr.degradation import estimate_degradation
+
+    settings = model.config.depth_aware
+    estimate = estimate_degradation(stack, reference_fraction=settings.reference_fraction)
+    return np.asarray(estimate.blur_sigma_px, np.float32) / settings.condition_scale_px
+
+
 def fit_stack_normalization(stack: Any, model: LoadedModel) -> Normalization:
     """Per-stack percentiles, as the model was trained with (never per slice)."""
     data = model.config.data
@@ -147,7 +166,8 @@ def enhance(
     norm = fit_stack_normalization(stack, loaded)
     out = np.empty(stack.shape, stack.dtype)
     bar = tqdm(total=stack.shape[0], desc="enhance", unit="slice", disable=not progress)
-    for z, (slice_, _) in enumerate(iter_enhanced(stack, loaded, norm, options, bar)):
+    levels = degradation_levels(stack, loaded)
+    for z, (slice_, _) in enumerate(iter_enhanced(stack, loaded, norm, options, bar, levels)):
         out[z] = denormalize(slice_, norm, stack.dtype)
     bar.close()
     return out
@@ -183,12 +203,15 @@ def enhance_file(
     stack_format(output_path)
     loaded = as_model(model, options.device)
     norm = fit_stack_normalization(stack.data, loaded)
+    levels = degradation_levels(stack.data, loaded)
     shape, dtype = stack.data.shape, stack.data.dtype
     paths = [output_path] + [_next_path(output_path, k + 1) for k in range(options.predict_next)]
     common = dict(voxel_size=stack.voxel_size, force=force, protect=[input_path])
     with contextlib.ExitStack() as open_writers:  # on any error every temp output is removed
         writers = [open_writers.enter_context(create_stack_writer(p, shape, dtype, **common)) for p in paths]
-        for z, (slice_, predicted) in enumerate(iter_enhanced(stack.data, loaded, norm, options, progress)):
+        for z, (slice_, predicted) in enumerate(
+            iter_enhanced(stack.data, loaded, norm, options, progress, levels)
+        ):
             writers[0][z] = denormalize(slice_, norm, dtype)
             for k in range(options.predict_next):
                 writers[k + 1][z] = denormalize(predicted[k], norm, dtype)

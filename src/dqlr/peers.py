@@ -177,8 +177,8 @@ def noise2void(
     _positive("minutes", minutes)
     _positive("epochs", epochs)
     _positive("batch_size", batch_size)
-    if patch_size < 8 or patch_size % 8:
-        raise DqlrError(f"patch_size must be a multiple of 8, got {patch_size}")
+    if patch_size < 8 or patch_size & (patch_size - 1):
+        raise DqlrError(f"patch_size must be a power of 2 from 8 up (CAREamics' rule), got {patch_size}")
 
     python = ensure_peers_env(root)
     work_dir = Path(work_dir).resolve()

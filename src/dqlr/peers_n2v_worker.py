@@ -118,7 +118,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         patch_size=[job["patch_size"], job["patch_size"]],
         batch_size=job["batch_size"],
         num_epochs=epochs,
-        seed=job["seed"],
+        seed=job["seed"] + 1,  # CAREamics wants a seed > 0; dqlr seeds start at 0
         trainer_params=trainer_params,
     )
     work_dir = Path(job["work_dir"])

@@ -1,0 +1,87 @@
+"""The HTML report is self-contained and renders its images in a real (headless) browser."""
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from dqlr.baselines import gaussian_smoothing
+from dqlr.cli import main
+from dqlr.io import write_stack
+from dqlr.report import build_report
+from dqlr.simulate import simulate_plant
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    plant = simulate_plant(shape=(6, 48, 48), seed=5)
+    smoothed = gaussian_smoothing(plant.observed, 1.0)
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    build_report(
+        {"input": plant.observed, "smoothed": smoothed},
+        path,
+        reference=plant.clean,
+        settings={"sigma_px": 1.0},
+        pairs={"input vs smoothed": ("input", "smoothed")},
+    )
+    return path
+
+
+def test_report_is_self_contained(report) -> None:
+    text = report.read_text()
+    images = re.findall(r"<img [^>]*src='([^']*)'", text)
+    assert len(images) == 4
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+    assert "psnr deep" in text and "sigma_px" in text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_renders_its_images_in_chromium(report, tmp_path) -> None:
+    result = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    rendered = re.search(r'data-images-rendered="(\d+)"', result.stdout)
+    assert rendered, result.stderr[-500:]
+    assert int(rendered.group(1)) == 4
+
+
+def test_report_command(tmp_path, capsys) -> None:
+    plant = simulate_plant(shape=(5, 40, 40), seed=6)
+    write_stack(tmp_path / "raw.tif", plant.observed)
+    write_stack(tmp_path / "clean.tif", plant.clean)
+    write_stack(tmp_path / "other.tif", np.ascontiguousarray(plant.observed[:, ::-1]))
+    out = tmp_path / "r.html"
+    args = [
+        "report",
+        str(tmp_path / "raw.tif"),
+        "--result",
+        f"flipped={tmp_path / 'other.tif'}",
+        "--reference",
+        str(tmp_path / "clean.tif"),
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 0 and out.stat().st_size > 10_000
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err

@@ -108,6 +108,29 @@ def _report(args: argparse.Namespace) -> None:
     print(f"report: {path}")
 
 
+def _estimate(args: argparse.Namespace) -> None:
+    from dqlr.degradation import estimate_degradation
+    from dqlr.io import read_stack
+    from dqlr.report import degradation_figure
+
+    stack = read_stack(args.stack, channel=args.channel, timepoint=args.timepoint, lazy=True)
+    estimate = estimate_degradation(stack.data, voxel_size=stack.voxel_size)
+    print(
+        f"noise model: gain {estimate.gain:.4g}, read noise {estimate.read_noise:.4g}, "
+        f"offset {estimate.offset:.4g}; reference slices {estimate.reference_slices}"
+    )
+    print(f"{'slice':>5} {'extra blur (px)':>15} {'halo':>6} {'attenuation':>11} {'background':>10}")
+    for z in range(len(estimate.depth_index)):
+        print(
+            f"{z + 1:>5} {estimate.blur_sigma_px[z]:>15.2f} {estimate.halo_fraction[z]:>6.2f} "
+            f"{estimate.attenuation[z]:>11.2f} {estimate.background[z]:>10.1f}"
+        )
+    if args.plot:
+        if args.plot.exists() and not args.force:
+            raise DqlrError(f"{args.plot}: exists; pass --force to overwrite")
+        print(f"plot: {degradation_figure(estimate, args.plot)}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from dqlr.demo import run_demo
 
@@ -203,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="report .html")
     p.add_argument("--force", action="store_true")
     p.set_defaults(run=_report)
+
+    p = sub.add_parser("estimate", help="estimate a stack's degradation by depth, from it alone")
+    p.add_argument("stack", type=Path)
+    p.add_argument("--plot", type=Path, help="write the curves as a PNG")
+    p.add_argument("--channel", type=int)
+    p.add_argument("--timepoint", type=int)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(run=_estimate)
 
     p = sub.add_parser("demo", help="simulate a stack, enhance it, write a picture")
     p.add_argument("--out", type=Path, default=Path("out/demo"))

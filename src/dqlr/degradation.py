@@ -14,7 +14,9 @@ slices of the same stack:
 - attenuation: mean signal above background inside the tissue, relative to the reference (blur
   and halo move light around but keep it);
 - halo: the rise of the in-tissue floor (dark cell interiors) beyond what the blur explains,
-  found by degrading the reference slices until their floor/mean ratio matches the slice's.
+  found by degrading the reference slices until their floor/mean ratio matches the slice's. It
+  is an effective haze: out-of-focus light from the axial blur raises the floor too, so on
+  simulated stacks it reads above the true halo share, which is what makes degraded slices match.
 
 Per-slice values are then made monotone along z (isotonic regression). `degrade` applies such a
 degradation to upper slices and tops up the noise so that it matches the target depth, and
@@ -170,20 +172,18 @@ def _gaussian_fft(image: np.ndarray, terms: list[tuple[float, float]]) -> np.nda
     return out[..., pad:-pad, pad:-pad]
 
 
-def _transfer(shape: tuple[int, ...], terms: list[tuple[float, float]]) -> np.ndarray:
+def _transfer(shape: tuple[int, ...], terms: list[tuple[float, float]], half: bool = True) -> np.ndarray:
+    """Transfer function of the Gaussian sum on an FFT grid (rfft2 half grid unless half=False)."""
     fy = np.fft.fftfreq(shape[0])[:, None]
-    fx = np.fft.rfftfreq(shape[1])[None, :]
+    fx = (np.fft.rfftfreq(shape[1]) if half else np.fft.fftfreq(shape[1]))[None, :]
     f2 = fy * fy + fx * fx
     return sum(w * np.exp(-2.0 * math.pi**2 * f2 * s * s) for w, s in terms)
 
 
 def _kernel_energy(terms: list[tuple[float, float]]) -> float:
     """Sum of squared kernel weights: the factor by which the filter scales white-noise variance."""
-    widest = max(s for _, s in terms)
-    n = 2 * int(math.ceil(4.0 * widest)) + 16
-    transfer = _transfer((n, n), terms)
-    full = np.concatenate([transfer, transfer[:, 1 : (n + 1) // 2][:, ::-1]], axis=1)  # whole grid
-    return float(np.mean(np.abs(full) ** 2))
+    n = 2 * int(math.ceil(4.0 * max(s for _, s in terms))) + 16
+    return float(np.mean(_transfer((n, n), terms, half=False) ** 2))  # Parseval
 
 
 def _isotonic(y: np.ndarray, w: np.ndarray, increasing: bool = True) -> np.ndarray:
@@ -226,9 +226,8 @@ def _noise_features(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """Residual (pixel minus its 8 neighbours' mean), local mean and local roughness of a plane.
 
     The local mean leaves out the 3 x 3 pixels the residual uses, so binning by it does not
-    select (and shrink) the residual's noise. The
-    roughness (range of the sigma=1.5 smoothed image over 5 x 5) is small only where the signal
-    is flat, which is where the residual is pure noise.
+    select (and shrink) the residual's noise. The roughness (range of the sigma=1.5 smoothed
+    image over 5 x 5) is small only where the signal is flat, where the residual is pure noise.
     """
     res = plane - ndimage.convolve(plane, _NEIGHBOURS, mode="reflect")
     centre = _centre_kernel(2.0)
@@ -338,3 +337,395 @@ def estimate_noise(stack: Any) -> tuple[float, float, float]:
     if read2 <= 0:  # offset above what the variance line allows: no read noise left
         read2 = 0.0
     return float(gain), math.sqrt(read2), offset
+
+
+# --------------------------------------------------------------------------------- estimation
+
+
+def _radial_spectra(
+    data: Any, gain: float, read_noise: float, offset: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Radially averaged power spectra of all slices, their noise floors and modes per bin.
+
+    A Hann window stops the image edges from leaking power to high frequencies. The white-noise
+    floor of each slice follows from the noise model and the slice itself (no plateau needed).
+    Power is per pixel, so the floor equals the mean noise variance.
+    """
+    n_z, n_y, n_x = data.shape
+    window = np.outer(np.hanning(n_y), np.hanning(n_x))
+    w2 = window**2
+    f = np.hypot(np.fft.fftfreq(n_y)[:, None], np.fft.fftfreq(n_x)[None, :])
+    n_bins = min(n_y, n_x) // 4  # bins two frequency steps wide
+    which = np.floor(f / 0.5 * n_bins).astype(int).ravel()
+    inside = which < n_bins
+    which = which[inside]
+    counts = np.bincount(which, minlength=n_bins).astype(float)
+    freq = (np.arange(n_bins) + 0.5) * 0.5 / n_bins
+    power = np.zeros((n_z, n_bins))
+    floor = np.zeros(n_z)
+    for z in range(n_z):
+        plane = _plane(data, z)
+        centred = (plane - np.sum(plane * window) / window.sum()) * window
+        pw = (np.abs(np.fft.fft2(centred)) ** 2).ravel()[inside] / w2.sum()
+        power[z] = np.bincount(which, weights=pw, minlength=n_bins) / np.maximum(counts, 1)
+        local = np.maximum(ndimage.gaussian_filter(plane, 1.0) - offset, 0.0)
+        floor[z] = np.sum(w2 * (gain * local + read_noise**2)) / w2.sum()
+    return freq, power, floor, counts
+
+
+def _fit_blur(
+    freq: np.ndarray,
+    power: np.ndarray,
+    floor: np.ndarray,
+    counts: np.ndarray,
+    ref: tuple[int, int],
+    f_low: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice extra blur variance s**2 (px**2) and its weight (inverse variance, 0 if none).
+
+    Blurring by a Gaussian of sigma s multiplies the power spectrum by exp(-4 pi**2 f**2 s**2),
+    so log(signal power / reference signal power) is a line in f**2 whose slope gives s**2. The
+    intercept is free (attenuation, halo and the amount of tissue only scale the spectrum above
+    f_low). Only bins where both signals stand well clear of the noise floor are used.
+    """
+    signal = power - floor[:, None]
+    first, stop = ref
+    ref_signal = signal[first:stop].mean(0)
+    ref_power = power[first:stop].mean(0)
+    modes = counts / 4.0  # the Hann window makes neighbouring frequencies ~4-fold redundant
+    ref_ok = (ref_signal > 3.0 * ref_power / np.sqrt(modes * (stop - first))) & (
+        ref_signal > 0.2 * floor[first:stop].mean()
+    )
+    s2 = np.full(len(power), np.nan)
+    weight = np.zeros(len(power))
+    x = -4.0 * math.pi**2 * freq**2
+    for z in range(len(power)):
+        ok = ref_ok & (signal[z] > 3.0 * power[z] / np.sqrt(modes)) & (signal[z] > 0.2 * floor[z])
+        # signal falls with frequency: keep the band from f_low to the first bin lost in noise,
+        # so that a stray high-frequency bin (floor slightly off) cannot lever the slope
+        band = freq >= f_low
+        ok &= band & (np.cumsum(band & ~ok) == 0)
+        if ok.sum() < 3:
+            continue
+        w = np.sqrt(modes[ok]) * signal[z][ok] / power[z][ok]  # 1 / sd of log(signal)
+        a = np.stack([np.ones(ok.sum()), x[ok]], axis=1) * w[:, None]
+        y = np.log(signal[z][ok] / ref_signal[ok]) * w
+        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+        cov = np.linalg.inv(a.T @ a)
+        s2[z] = coef[1]
+        weight[z] = 1.0 / cov[1, 1]
+    return s2, weight
+
+
+def _power_law(s2: np.ndarray, weight: np.ndarray, first: int, stop: int) -> np.ndarray:
+    """Weighted fit s2 = c * t**p (t: depth below the reference top, 0..1) for every slice.
+
+    Only used to extrapolate to the deepest slices, where the signal is lost in noise at every
+    frequency the blur can be read from; a guess, but better than freezing the blur there.
+    """
+    n_z = len(s2)
+    t = np.clip((np.arange(n_z) - first) / max(n_z - 1 - first, 1), 0.0, None)
+    use = (weight > 0) & np.isfinite(s2) & (np.arange(n_z) >= stop)
+    if use.sum() < 2:
+        return np.zeros(n_z)
+    best, best_err = np.zeros(n_z), math.inf
+    for p in np.linspace(0.5, 4.0, 36):
+        basis = t[use] ** p
+        c = max(np.sum(weight[use] * s2[use] * basis) / np.sum(weight[use] * basis**2), 0.0)
+        err = np.sum(weight[use] * (s2[use] - c * basis) ** 2)
+        if err < best_err:
+            best, best_err = c * t**p, err
+    return best
+
+
+def _tissue_mask(plane: np.ndarray, background: float, sigma: float) -> np.ndarray:
+    """Where the heavily smoothed slice rises clearly above the background."""
+    smooth = ndimage.gaussian_filter(plane, sigma)
+    high = np.percentile(smooth, 99)
+    if high <= background:
+        return np.zeros(plane.shape, dtype=bool)
+    return smooth > background + TISSUE_LEVEL * (high - background)
+
+
+def _tissue(plane: np.ndarray, background: float, sigma: float, rim: float) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue mask and its inner part, away from the rim where the halo leaks out of the tissue."""
+    mask = _tissue_mask(plane, background, sigma)
+    inner = ndimage.binary_erosion(mask, iterations=max(1, int(rim)), border_value=1)
+    return mask, inner if inner.mean() >= 0.01 else mask
+
+
+def _floor_ratio(smooth: np.ndarray) -> float:
+    """In-tissue floor over mean of a background-subtracted, lightly smoothed image (pixels)."""
+    mean = smooth.mean()
+    return float(np.percentile(smooth, FLOOR_PERCENTILE) / mean) if mean > 0 else math.nan
+
+
+def _fit_halo(
+    refs: list[tuple[np.ndarray, np.ndarray]], blur: float, halo_sigma: float, target: float
+) -> float:
+    """Halo share h at which the degraded reference slices show the target floor/mean ratio.
+
+    Blur alone raises the floor (walls spread into the cells); the halo raises it further. The
+    ratio grows with h, so a bisection finds h.
+    """
+    sharp, wide = [], []
+    for image, mask in refs:
+        sharp.append(_gaussian_fft(image, [(1.0, math.hypot(blur, 2.0))])[mask])
+        wide.append(_gaussian_fft(image, [(1.0, math.sqrt(blur**2 + halo_sigma**2 + 4.0))])[mask])
+    sharp_v, wide_v = np.concatenate(sharp), np.concatenate(wide)
+    lo, hi = 0.0, MAX_HALO
+    if not _floor_ratio(sharp_v) < target:
+        return 0.0
+    if _floor_ratio((1 - hi) * sharp_v + hi * wide_v) <= target:
+        return hi
+    for _ in range(20):
+        mid = 0.5 * (lo + hi)
+        if _floor_ratio((1 - mid) * sharp_v + mid * wide_v) < target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def estimate_degradation(
+    stack: Any,
+    voxel_size: tuple[float, float, float] | None = None,
+    reference_fraction: float = 0.2,
+    halo_sigma_px: float | None = None,
+) -> DepthDegradation:
+    """Estimate how each slice is degraded relative to the sharp upper slices, from the stack alone.
+
+    The reference is the top `reference_fraction` of the slices from the first one with clear
+    signal down. The halo width cannot be told apart from its share in single slices, so it is
+    given: halo_sigma_px, else 4 µm at the stack's pixel size (0.25 µm pixels if unknown).
+    The deepest slices, where no blur can be measured (signal buried in noise at every usable
+    frequency), get a power-law extrapolation of the measured ones. Slices above the reference
+    and the reference itself get no degradation (blur 0, halo 0, attenuation 1).
+    """
+    data = _data(stack)
+    if voxel_size is None and isinstance(stack, Stack):
+        voxel_size = stack.voxel_size
+    if not 0.0 < reference_fraction < 1.0:
+        raise DqlrError(f"reference_fraction must be between 0 and 1, got {reference_fraction}")
+    pixel_um = float(voxel_size[2]) if voxel_size is not None else DEFAULT_PIXEL_UM
+    if halo_sigma_px is None:
+        halo_sigma_px = HALO_SIGMA_UM / pixel_um
+    halo_sigma_px = float(halo_sigma_px)
+    if not halo_sigma_px > 0:
+        raise DqlrError(f"halo_sigma_px must be positive, got {halo_sigma_px}")
+    tissue_sigma = TISSUE_SIGMA_UM / pixel_um
+    n_z = data.shape[0]
+    gain, read_noise, offset = estimate_noise(data)
+
+    # darkest smooth level and signal level per slice
+    dark = np.zeros(n_z)
+    level = np.zeros(n_z)
+    for z in range(n_z):
+        plane = _plane(data, z)
+        dark[z] = np.percentile(ndimage.gaussian_filter(plane, 4.0), 2)
+        level[z] = np.percentile(ndimage.gaussian_filter(plane, 2.0), 99) - dark[z]
+    has_signal = level >= 0.1 * level.max()
+    dark0 = float(dark[has_signal].min())  # for tissue masks only
+
+    # tissue area, in-tissue mean and floor (relative to dark0) per slice
+    area = np.zeros(n_z)
+    mean0 = np.full(n_z, np.nan)
+    floor0 = np.full(n_z, np.nan)
+    for z in np.flatnonzero(has_signal):
+        mask, inner = _tissue(_plane(data, z), dark0, tissue_sigma, halo_sigma_px)
+        area[z] = mask.mean()
+        if area[z] >= 0.01:
+            smooth = ndimage.gaussian_filter(_plane(data, z), 2.0) - dark0
+            mean0[z] = smooth[mask].mean()
+            floor0[z] = np.percentile(smooth[inner], FLOOR_PERCENTILE)
+    # The reference starts where the tissue is established (the apex slices show little of it,
+    # mostly the bright outer wall cut flat), and covers reference_fraction of what is left.
+    first = int(np.argmax(area >= 0.25 * area.max())) if area.max() > 0 else 0
+    stop = min(n_z, first + max(1, round(reference_fraction * (n_z - first))))
+    # Deep slices filled with tissue have no dark area left: their darkest level is the cells'
+    # floor, not the background, so the background may fall below the reference's but not rise.
+    background = np.minimum(dark, np.median(dark[first:stop]))
+    mean = mean0 + dark0 - background
+    floor_ratio = (floor0 + dark0 - background) / mean
+
+    # attenuation: mean signal inside the tissue, relative to the reference
+    attenuation = np.ones(n_z)
+    ref_ok = np.isfinite(mean[first:stop])
+    if ref_ok.any():
+        ref_mean = np.average(mean[first:stop][ref_ok], weights=area[first:stop][ref_ok])
+        weight = np.where(np.isfinite(mean), area, 0.0)
+        fit = _monotone(mean / ref_mean, weight, stop, False)
+        attenuation[stop:] = np.clip(np.nan_to_num(fit[stop:], nan=1.0), 0.0, 1.0)
+
+    # blur: spectral slope against the reference
+    freq, power, floor, counts = _radial_spectra(data, gain, read_noise, offset)
+    f_low = 3.0 / (2.0 * math.pi * halo_sigma_px)  # the halo no longer reaches the spectrum here
+    s2, weight = _fit_blur(freq, power, floor, counts, (first, stop), f_low)
+    blur = np.zeros(n_z)
+    if stop < n_z:
+        fit = np.nan_to_num(_monotone(s2, weight, stop, True), nan=0.0)
+        measured = np.flatnonzero(weight > 0)
+        last = measured.max() if measured.size and measured.max() >= stop else stop - 1
+        fit[last + 1 :] = np.maximum(fit[last], _power_law(s2, weight, first, stop)[last + 1 :])
+        blur[stop:] = np.sqrt(np.clip(fit[stop:], 0.0, None))
+
+    # halo: floor of the degraded reference versus the slice's floor, at a few depths
+    halo = np.zeros(n_z)
+    order = sorted(range(first, stop), key=lambda z: -area[z])[:HALO_REFERENCES]
+    refs = [
+        (_plane(data, z) - background[z], _tissue(_plane(data, z), dark0, tissue_sigma, halo_sigma_px)[1])
+        for z in order
+        if np.isfinite(floor_ratio[z])
+    ]
+    depths = [z for z in range(stop, n_z) if np.isfinite(floor_ratio[z])]
+    if refs and depths:
+        picked = np.unique(np.linspace(0, len(depths) - 1, min(len(depths), HALO_DEPTHS)).round())
+        zs = [depths[int(i)] for i in picked]
+        fitted = [_fit_halo(refs, blur[z], halo_sigma_px, floor_ratio[z]) for z in zs]
+        raw = np.interp(np.arange(n_z), zs, fitted)
+        fit = _monotone(raw, np.where(np.arange(n_z) >= zs[0], 1.0, 0.0), stop, True)
+        halo[stop:] = np.clip(np.nan_to_num(fit[stop:], nan=0.0), 0.0, MAX_HALO)
+
+    return DepthDegradation(
+        depth_index=np.arange(n_z),
+        blur_sigma_px=blur,
+        halo_fraction=halo,
+        attenuation=attenuation,
+        background=background,
+        gain=float(gain),
+        read_noise=float(read_noise),
+        offset=float(offset),
+        reference_slices=(first, stop),
+        halo_sigma_px=halo_sigma_px,
+    )
+
+
+# ---------------------------------------------------------------------------------- degrading
+
+PARAM_KEYS = (
+    "blur_sigma_px",
+    "halo_fraction",
+    "halo_sigma_px",
+    "attenuation",
+    "background",
+    "source_background",
+    "gain",
+    "read_noise",
+    "offset",
+)
+
+
+def degrade(
+    slices: np.ndarray, params_at_depth: dict[str, float], rng: np.random.Generator, noise: bool = True
+) -> np.ndarray:
+    """Make (sharp, noisy) upper slices look like a deeper slice; float32 in the input's units.
+
+    params_at_depth comes from DepthDegradation.at(depth) or .relative(source, depth). The signal
+    above the source background is blurred (Gaussian), partly spread into the halo, scaled by the
+    attenuation and put on the target background. The input's own noise is blurred and scaled
+    too, so only the missing variance is added: var_target(mean) minus what is left of the
+    input's, never negative; as shot noise (Poisson, skewed like real data) plus Gaussian read
+    noise for the part of the read noise the blur removed. Works on (Y, X) or (..., Y, X).
+    """
+    missing = [k for k in PARAM_KEYS if k not in params_at_depth]
+    if missing:
+        raise DqlrError(f"degradation parameters lack {', '.join(missing)}")
+    p = {k: float(params_at_depth[k]) for k in PARAM_KEYS}
+    x = np.asarray(slices, dtype=np.float64)
+    if x.ndim < 2:
+        raise DqlrError(f"degrade needs (Y, X) slices, got shape {x.shape}")
+    s, h, a = (
+        max(p["blur_sigma_px"], 0.0),
+        float(np.clip(p["halo_fraction"], 0.0, MAX_HALO)),
+        p["attenuation"],
+    )
+    terms = [(a * (1.0 - h), s)]
+    if h > 0:
+        terms.append((a * h, math.hypot(s, p["halo_sigma_px"])))
+    expected = _gaussian_fft(x - p["source_background"], terms) + p["background"]
+    if not noise:
+        return expected.astype(np.float32)
+    gain, read2, offset = max(p["gain"], 0.0), p["read_noise"] ** 2, p["offset"]
+    # local means (lightly smoothed, so that noise does not decide how much noise to add)
+    axes = [0.0] * (x.ndim - 2) + [1.0, 1.0]
+    mean_in, mean_out = ndimage.gaussian_filter(x, axes), ndimage.gaussian_filter(expected, axes)
+    kept = _kernel_energy(terms)  # share of the input's white noise variance left after the filter
+    left = kept * (gain * np.maximum(mean_in - offset, 0.0) + read2)
+    target = gain * np.maximum(mean_out - offset, 0.0) + read2
+    read_add = read2 * max(1.0 - kept, 0.0)
+    shot_add = np.maximum(target - left - read_add, 0.0)
+    out = expected + rng.normal(0.0, math.sqrt(read_add), x.shape) if read_add > 0 else expected
+    if gain > 0:
+        photons = shot_add / gain**2
+        out = out + gain * (rng.poisson(photons) - photons)
+    else:
+        out = out + rng.normal(0.0, 1.0, x.shape) * np.sqrt(shot_add)
+    return out.astype(np.float32)
+
+
+def _tissue_centres(data: Any, degradation: DepthDegradation, first: int, stop: int) -> np.ndarray:
+    """(y, x) pixels inside the tissue in the source slices, for crops that show cells.
+
+    A fixed 8-pixel smoothing (2 µm at 0.25 µm pixels) is enough to tell tissue from background.
+    """
+    total = np.zeros(data.shape[1:], dtype=bool)
+    for z in range(first, stop):
+        total |= _tissue_mask(_plane(data, z), float(degradation.background[z]), 8.0)
+    return np.argwhere(total)
+
+
+def make_pairs(
+    stack: Any,
+    degradation: DepthDegradation,
+    count: int,
+    crop: int,
+    window: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training pairs from the sharp upper slices: (degraded, original, target depth).
+
+    Windows of `window` consecutive slices start in the reference range (or a little below it,
+    down to a quarter of its length more); each window is degraded as a whole to one depth drawn
+    uniformly from the slices below that source range, using the window's middle slice as the
+    source so that a source below the reference is not degraded twice. Crops are centred on tissue
+    when there is any, and degraded with a margin so the blur and halo see real neighbours.
+    Returns float32 (count, window, crop, crop) twice and int64 depths (count,).
+    """
+    data = _data(stack)
+    n_z, n_y, n_x = data.shape
+    if count < 1 or window < 1 or crop < 1:
+        raise DqlrError(f"count, window and crop must be at least 1, got {count}, {window}, {crop}")
+    if crop > min(n_y, n_x):
+        raise DqlrError(f"crop {crop} is larger than the slices ({n_y} x {n_x})")
+    if len(degradation.depth_index) != n_z:
+        raise DqlrError(f"the degradation has {len(degradation.depth_index)} slices, the stack {n_z}")
+    first, stop = degradation.reference_slices
+    stop = max(stop + max(1, (stop - first) // 4), first + window)  # the source range
+    if stop >= n_z:
+        raise DqlrError(f"no slices left below the source slices {first}..{stop - 1} of a {n_z}-slice stack")
+    centres = _tissue_centres(data, degradation, first, stop)
+    margin = int(
+        math.ceil(3.0 * math.hypot(float(degradation.blur_sigma_px.max()), degradation.halo_sigma_px))
+    )
+    degraded = np.empty((count, window, crop, crop), dtype=np.float32)
+    targets = np.empty((count, window, crop, crop), dtype=np.float32)
+    depths = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        start = int(rng.integers(first, stop - window + 1))
+        depth = int(rng.integers(stop, n_z))
+        if len(centres):
+            cy, cx = centres[int(rng.integers(len(centres)))]
+            y = int(np.clip(cy - crop // 2, 0, n_y - crop))
+            x = int(np.clip(cx - crop // 2, 0, n_x - crop))
+        else:
+            y, x = int(rng.integers(0, n_y - crop + 1)), int(rng.integers(0, n_x - crop + 1))
+        y0, x0 = max(y - margin, 0), max(x - margin, 0)
+        y1, x1 = min(y + crop + margin, n_y), min(x + crop + margin, n_x)
+        block = np.asarray(data[start : start + window, y0:y1, x0:x1], dtype=np.float64)
+        params = degradation.relative(start + window // 2, depth)
+        out = degrade(block, params, rng)
+        inner = (slice(None), slice(y - y0, y - y0 + crop), slice(x - x0, x - x0 + crop))
+        degraded[i] = out[inner]
+        targets[i] = block[inner]
+        depths[i] = depth
+    return degraded, targets, depths

@@ -95,7 +95,10 @@ def _careamics_requirements(python: Path, progress: bool) -> list[str]:
 
 @contextmanager
 def _lock(path: Path) -> Iterator[None]:
-    """Two processes building the environment at once would corrupt it; the second one waits."""
+    """Two processes building the environment at once would corrupt it; the second one waits.
+
+    The lock file lives inside the environment's folder, which is git-ignored.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -111,7 +114,7 @@ def ensure_peers_env(root: Path | None = None, progress: bool = True) -> Path:
     python = _python(env)
     if peers_env_ready(root):
         return python
-    with _lock(env.with_name(ENV_NAME + ".lock")):
+    with _lock(env / ".dqlr-peers.lock"):
         if peers_env_ready(root):
             return python
         start = time.perf_counter()
@@ -159,13 +162,15 @@ def noise2void(
     patch_size: int = 64,
     batch_size: int = 16,
     seed: int = 0,
+    threads: int = 0,
     root: Path | None = None,
 ) -> dict[str, Any]:
     """Train CAREamics N2V (standard 2-D config, slices as samples) and denoise each input stack.
 
     Training stops after `epochs` or `minutes` (Lightning's max_time), whichever comes first; with
-    neither, CAREamics' default of 30 epochs. Outputs are float32 TIFFs in the input's intensity
-    scale. Returns the worker's record: train_seconds, predict_seconds, epochs, steps, versions, ...
+    neither, CAREamics' default of 30 epochs. threads > 0 pins torch's CPU threads (0: torch's
+    default). Outputs are float32 TIFFs in the input's intensity scale. Returns the worker's record:
+    train_seconds, predict_seconds, epochs, steps, versions, normalisation, ...
     """
     if not train_files:
         raise DqlrError("noise2void needs at least one training stack")
@@ -177,6 +182,8 @@ def noise2void(
     _positive("minutes", minutes)
     _positive("epochs", epochs)
     _positive("batch_size", batch_size)
+    if threads < 0:
+        raise DqlrError(f"threads must be 0 (torch's default) or positive, got {threads}")
     if patch_size < 8 or patch_size & (patch_size - 1):
         raise DqlrError(f"patch_size must be a power of 2 from 8 up (CAREamics' rule), got {patch_size}")
 
@@ -195,6 +202,7 @@ def noise2void(
         "patch_size": patch_size,
         "batch_size": batch_size,
         "seed": seed,
+        "threads": threads,
     }
     job_file = work_dir / "n2v_job.json"
     job_file.write_text(json.dumps(job, indent=2))

@@ -87,19 +87,53 @@ def _write_float32(path: Path, data: np.ndarray) -> None:
     """Write atomically, so an interrupted run never leaves a half-written output behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tifffile.imwrite(tmp, np.ascontiguousarray(data, dtype=np.float32))
+    tifffile.imwrite(tmp, np.ascontiguousarray(data, dtype=np.float32), photometric="minisblack")
     os.replace(tmp, path)
+
+
+def _tile(size: int) -> int:
+    """Largest power of 2 that fits in size, at most TILE: tiles never overhang the slice."""
+    return min(TILE, 1 << (size.bit_length() - 1))
+
+
+def _predict(careamist: Any, stack: np.ndarray, multiple: int) -> tuple[np.ndarray, bool]:
+    """Denoise one ZYX stack slice by slice; return the result (float32, same shape) and tiling.
+
+    The UNet needs sides that are multiples of 2**depth, so the slices are mirror-padded up to
+    one and cropped back. Large slices go through CAREamics' tiled prediction.
+    """
+    n_z, n_y, n_x = stack.shape
+    pad = ((0, 0), (0, -n_y % multiple), (0, -n_x % multiple))
+    padded = np.pad(stack.astype(np.float32), pad, mode="symmetric")
+    size_y, size_x = padded.shape[1:]
+    tiled = size_y * size_x > TILE * TILE
+    tiles: dict[str, Any] = {}
+    if tiled:
+        tile = (_tile(size_y), _tile(size_x))
+        tiles = {"tile_size": tile, "tile_overlap": tuple(min(TILE_OVERLAP, t // 2) for t in tile)}
+    predictions, _ = careamist.predict(padded, data_type="array", axes="SYX", **tiles)
+    result = np.asarray(predictions[0], dtype=np.float32)
+    if result.size != padded.size:
+        raise RuntimeError(f"CAREamics returned shape {result.shape} for slices of {padded.shape}")
+    return result.reshape(padded.shape)[:, :n_y, :n_x], tiled
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     """Train N2V on all slices of the training stacks (axes SYX), then denoise each input stack."""
     info = versions()
+    import torch
     from careamics import CAREamist
     from careamics.config import create_advanced_n2v_config
 
+    if job["threads"]:
+        # On a shared CPU torch's default (one thread per core) can oversubscribe it and run
+        # many times slower; the caller may pin the count, as dqlr's own train.num_threads does.
+        torch.set_num_threads(job["threads"])
+
     for path in job["train_files"] + ([job["val_file"]] if job["val_file"] else []):
         _check_stack(path)
-    shapes = [_check_stack(path) for path in job["inputs"]]
+    for path in job["inputs"]:
+        _check_stack(path)
 
     minutes = job["minutes"]
     epochs = job["epochs"]
@@ -109,8 +143,11 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     if minutes is not None:
         trainer_params["max_time"] = {"seconds": round(minutes * 60.0, 3)}
 
-    # create_n2v_config's defaults throughout; the advanced factory only adds a fixed seed and
-    # the Lightning time limit.
+    # create_n2v_config's defaults throughout (UNet depth 2 with 32 filters, N2V masking of 0.2%
+    # of pixels with uniform 11 px ROI replacement, flips and 90-degree rotations, Adam at torch's
+    # defaults with ReduceLROnPlateau, one mean/std over all training data); checked field by
+    # field, the advanced factory only adds a fixed seed and Lightning's max_time, which counts
+    # from the start of training, not from data loading.
     config = create_advanced_n2v_config(
         experiment_name="n2v",
         data_type="tiff",
@@ -132,20 +169,11 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
     start = time.perf_counter()
     tiled = []
-    for path, out, shape in zip(job["inputs"], job["outputs"], shapes, strict=True):
-        tile = (TILE, TILE) if shape[1] * shape[2] > TILE * TILE else None
-        predictions, _ = careamist.predict(
-            path,
-            data_type="tiff",
-            axes="SYX",
-            tile_size=tile,
-            tile_overlap=(TILE_OVERLAP, TILE_OVERLAP),
-        )
-        result = np.asarray(predictions[0], dtype=np.float32)
-        if result.size != int(np.prod(shape)):
-            raise RuntimeError(f"{path}: CAREamics returned shape {result.shape} for a stack of {shape}")
-        _write_float32(Path(out), result.reshape(shape))
-        tiled.append(tile is not None)
+    multiple = 2**careamist.config.algorithm_config.model.depth
+    for path, out in zip(job["inputs"], job["outputs"], strict=True):
+        result, was_tiled = _predict(careamist, tifffile.imread(path), multiple)
+        _write_float32(Path(out), result)
+        tiled.append(was_tiled)
     predict_seconds = time.perf_counter() - start
 
     return {
@@ -160,6 +188,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "patch_size": job["patch_size"],
         "batch_size": job["batch_size"],
         "seed": job["seed"],
+        "threads": torch.get_num_threads(),
         "normalization": norm.model_dump(),
         "tiled": tiled,
         "checkpoints": [str(p) for p in careamist.get_checkpoints()],

@@ -242,3 +242,34 @@ def report_files(
         if stack.shape != stacks["input"].shape:
             raise DqlrError(f"{name}: shape {stack.shape} differs from the input's {stacks['input'].shape}")
     return build_report(stacks, output, clean, title=title)
+
+
+def degradation_figure(degradation: object, path: str | Path, truth: Mapping | None = None) -> Path:
+    """Curves of an estimated DepthDegradation by depth (blur, halo, attenuation, background)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fields = ["blur_sigma_px", "halo_fraction", "attenuation", "background"]
+    fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.2))
+    depth = np.asarray(degradation.depth_index) + 1
+    for ax, field in zip(axes, fields, strict=True):
+        ax.plot(depth, np.asarray(getattr(degradation, field)), label="estimated")
+        if truth is not None and field in truth:
+            ax.plot(depth, np.asarray(truth[field]), "--", label="true")
+            ax.legend(fontsize=8)
+        ax.set_title(field)
+        ax.set_xlabel("slice (top → deep)")
+    fig.suptitle(
+        f"noise: gain {degradation.gain:.3g}, read noise {degradation.read_noise:.3g}, "
+        f"offset {degradation.offset:.3g}"
+    )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -67,11 +67,41 @@ def ensure_model(work: Path, name: str) -> Path | None:
     return best if best.exists() else None
 
 
+def run_noise2void(args, data: Path, split: dict, tests: dict) -> tuple[dict, dict]:
+    """Train CAREamics N2V on the training plants (its own environment) and denoise the test stacks;
+    a finished run in --work/n2v is reused."""
+    from dqlr.peers import noise2void
+
+    work = args.work / "n2v"
+    work.mkdir(parents=True, exist_ok=True)
+    inputs = []
+    for key, (stack, _) in tests.items():
+        path = work / f"{key.replace(' ', '_')}_input.tif"
+        write_stack(path, stack, force=True)
+        inputs.append(path)
+    outs = [p.with_name(p.name.replace("_input", "_n2v")) for p in inputs]
+    record = work / "info.json"
+    if record.exists() and all(o.exists() for o in outs):
+        info = json.loads(record.read_text())
+    else:
+        for out in outs:
+            out.unlink(missing_ok=True)
+        train_files = [data / f"{n}_observed.tif" for n in split["train"]]
+        val = data / f"{split['val'][0]}_observed.tif"
+        info = noise2void(
+            train_files, val, inputs, outs, work, minutes=args.n2v_minutes, threads=args.n2v_threads
+        )
+        record.write_text(json.dumps(info, indent=2, default=str))
+    return info, {key: read_stack(out).data for key, out in zip(tests, outs, strict=True)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "default")
     parser.add_argument("--n2v-minutes", type=float, default=12.0)
     parser.add_argument("--skip-n2v", action="store_true")
+    parser.add_argument("--n2v-threads", type=int, default=0)
+    parser.add_argument("--only-n2v", action="store_true", help="train/cache Noise2Void and stop")
     parser.add_argument(
         "--skip-training", action="store_true", help="evaluate only the models already trained in --work"
     )
@@ -83,6 +113,9 @@ def main() -> None:
     val, test = split["val"][0], split["test"][0]
     tests = {"test plant": (observed[test], clean[test]), "other optics": other_optics_plant()}
     outputs: dict[str, dict[str, np.ndarray]] = {k: {"input": v[0]} for k, v in tests.items()}
+    if args.only_n2v:
+        run_noise2void(args, data, split, tests)
+        return
     times: dict[str, dict[str, float]] = {"input": {"train_s": 0.0, "infer_s": 0.0}}
     settings: dict[str, object] = {}
 
@@ -126,27 +159,14 @@ def main() -> None:
         run(label, lambda s, m=model: enhance(s, m), seconds)
 
     if not args.skip_n2v:
-        from dqlr.peers import noise2void
-
-        work = args.work / "n2v"
-        work.mkdir(parents=True, exist_ok=True)
-        inputs = []
-        for key, (stack, _) in tests.items():
-            path = work / f"{key.replace(' ', '_')}_input.tif"
-            write_stack(path, stack, force=True)
-            inputs.append(path)
-        outs = [p.with_name(p.name.replace("_input", "_n2v")) for p in inputs]
-        train_files = [data / f"{n}_observed.tif" for n in split["train"]]
-        info = noise2void(
-            train_files, data / f"{val}_observed.tif", inputs, outs, work, minutes=args.n2v_minutes
-        )
+        info, n2v_outputs = run_noise2void(args, data, split, tests)
         settings["noise2void"] = info
         times["Noise2Void (CAREamics)"] = {
             "train_s": info.get("train_seconds", 0.0),
             "infer_s": info.get("predict_seconds", 0.0),
         }
-        for key, out in zip(tests, outs, strict=True):
-            outputs[key]["Noise2Void (CAREamics)"] = read_stack(out).data
+        for key, result in n2v_outputs.items():
+            outputs[key]["Noise2Void (CAREamics)"] = result
 
     scores = {
         key: {name: summarise(result, tests[key][1]) for name, result in results.items()}

@@ -37,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "default")
     parser.add_argument("--only", choices=sorted(VARIANTS))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
     data = args.work / "data"
     if not (data / "split.json").exists():
@@ -46,7 +47,7 @@ def main() -> None:
     val_file = data / f"{split['val'][0]}_observed.tif"
     timings = {}
     for name, overrides in VARIANTS.items():
-        config = Config().with_overrides(overrides)
+        config = Config().with_overrides({**overrides, "train.num_threads": args.threads})
         if args.only and name != args.only:
             continue
         run = args.work / name

@@ -21,13 +21,15 @@ def _deep_third_psnr(result: np.ndarray, clean: np.ndarray) -> float:
 
 
 def test_shipped_models_are_small_and_self_describing() -> None:
-    for name in ("default", "noquant"):
+    for name in ("default", "paper", "noquant", "depth-aware"):
         path = shipped_model_path(name)
         assert path.stat().st_size < 5 * 1024 * 1024
         model = load_model(name)
         assert model.meta["normalization"]["per_stack"] is True
     assert load_model(None).config.model.quantize is True
     assert load_model("noquant").config.model.quantize is False
+    assert load_model("depth-aware").config.model.condition is True
+    assert load_model("paper").meta["mode"] == "paper"
 
 
 def test_shipped_model_improves_the_deepest_third(plant) -> None:

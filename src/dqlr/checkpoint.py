@@ -21,7 +21,14 @@ from dqlr.model import DQLR
 
 FORMAT = "dqlr-checkpoint"
 VERSION = 1
-SHIPPED = {"default": "dqlr_default.pt", "noquant": "dqlr_noquant.pt"}
+# Models shipped in the package (scripts/train_default_model.py made them); "default" names the one
+# used when no --model is given: the variant that won benchmarks/quality.py.
+SHIPPED = {
+    "paper": "dqlr_paper.pt",
+    "noquant": "dqlr_noquant.pt",
+    "depth-aware": "dqlr_depth_aware.pt",
+}
+DEFAULT_MODEL = "paper"
 
 
 @dataclass
@@ -77,9 +84,11 @@ def export_model(checkpoint: str | Path, path: str | Path) -> Path:
 
 
 def shipped_model_path(name: str = "default") -> Path:
-    """Path of a model shipped inside the package ("default" or the "noquant" ablation)."""
+    """Path of a model shipped inside the package: "default" or one of SHIPPED."""
+    name = DEFAULT_MODEL if name == "default" else name
     if name not in SHIPPED:
-        raise DqlrError(f"unknown shipped model '{name}'; choose one of {', '.join(SHIPPED)}")
+        choices = ", ".join(["default", *SHIPPED])
+        raise DqlrError(f"unknown shipped model '{name}'; choose one of {choices}")
     path = Path(str(resources.files("dqlr") / "weights" / SHIPPED[name]))
     if not path.is_file():
         raise DqlrError(f"{path}: shipped model missing; reinstall dqlr or pass --model")
@@ -90,7 +99,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     """Load a checkpoint (or the shipped default when path is None) for inference."""
     if path is None:
         path = shipped_model_path("default")
-    elif str(path) in SHIPPED and not Path(path).exists():
+    elif (str(path) in SHIPPED or str(path) == "default") and not Path(path).exists():
         path = shipped_model_path(str(path))
     state = read_checkpoint(path)
     config = Config.from_dict(state["config"], source=str(path))

@@ -72,8 +72,11 @@ def _enhance(args: argparse.Namespace) -> int:
         device=args.device,
         predict_next=args.predict_next,
     )
+    if args.mode and args.model:
+        raise DqlrError("give either --model or --mode, not both")
+    model = args.mode or args.model
     outcomes = enhance_files(
-        args.inputs, args.output, args.model, options, args.force, args.channel, args.timepoint
+        args.inputs, args.output, model, options, args.force, args.channel, args.timepoint
     )
     failed = [o for o in outcomes if o.error]
     for outcome in outcomes:
@@ -191,7 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", type=Path, required=True, help="output file (one input) or folder (several)"
     )
-    p.add_argument("--model", help="checkpoint (default: the model shipped with dqlr)")
+    p.add_argument(
+        "--model",
+        help="checkpoint, or a shipped model: default, paper, depth-aware, noquant "
+        "(default: the shipped default)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["paper", "depth-aware"],
+        help="use the shipped model of this training mode instead of the shipped default",
+    )
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=4)

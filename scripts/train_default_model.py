@@ -23,14 +23,18 @@ from dqlr.train import train
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "src" / "dqlr" / "weights"
 SEED = 100
-# Same recipe and budget for each; the first two are shipped in the package.
+# Same recipe and budget for each; "default" is the paper-faithful default config.
 VARIANTS = {
     "default": {},
     "noquant": {"model.quantize": False},
     "depth-aware": {"train.mode": "depth-aware", "model.condition": True},
     "depth-aware-noquant": {"train.mode": "depth-aware", "model.condition": True, "model.quantize": False},
 }
-SHIP = {"default": "dqlr_default.pt", "noquant": "dqlr_noquant.pt"}
+SHIP = {
+    "default": "dqlr_paper.pt",
+    "noquant": "dqlr_noquant.pt",
+    "depth-aware": "dqlr_depth_aware.pt",
+}
 
 
 def main() -> None:

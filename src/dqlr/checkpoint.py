@@ -53,6 +53,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     os.close(fd)
     try:
         torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -12,6 +12,20 @@ from pathlib import Path
 import numpy as np
 
 
+def save_figure(fig: object, path: str | Path, dpi: int = 90) -> Path:
+    """Lay out, write atomically (temp file + rename) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def _display_range(stack: np.ndarray) -> tuple[float, float]:
     """One display range per stack (like the normalisation): deep slices look as dim as they are."""
     sample = np.asarray(stack[:: max(1, stack.shape[0] // 16)], dtype=np.float32)
@@ -81,14 +95,7 @@ def slice_figure(
             ax.add_patch(plt.Rectangle((x0, y0), size_x, size_y, fill=False, edgecolor="yellow", lw=0.8))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _png_data_uri(path: Path) -> str:
@@ -110,11 +117,7 @@ def depth_plot(curves: Mapping[str, Mapping[str, np.ndarray]], path: str | Path)
         ax.set_xlabel("slice (top → deep)")
         ax.set_title(measure)
     axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _table_html(rows: list[dict[str, object]]) -> str:
@@ -265,11 +268,4 @@ def degradation_figure(degradation: object, path: str | Path, truth: Mapping | N
         f"noise: gain {degradation.gain:.3g}, read noise {degradation.read_noise:.3g}, "
         f"offset {degradation.offset:.3g}"
     )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

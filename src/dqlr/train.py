@@ -27,6 +27,7 @@ from dqlr.io import read_stack
 from dqlr.losses import dqlr_loss
 from dqlr.model import DQLR
 from dqlr.normalize import Normalization, fit_normalization
+from dqlr.report import save_figure
 
 StackLike = str | Path | np.ndarray
 
@@ -194,11 +195,7 @@ def _plot_curves(history: list[dict[str, float]], path: Path) -> None:
     axes[2].set_title("codebook usage")
     for ax in axes:
         ax.set_xlabel("epoch")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def _write_csv(history: list[dict[str, float]], path: Path) -> None:

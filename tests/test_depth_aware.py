@@ -13,7 +13,7 @@ from tests.conftest import tiny_config
 
 @pytest.fixture(scope="module")
 def plants():
-    return [simulate_plant(shape=(20, 80, 80), seed=s) for s in (21, 22)]
+    return [simulate_plant(shape=(24, 128, 128), seed=s) for s in (21, 22)]
 
 
 def _run(mode: str, plants, folder) -> str:
@@ -39,7 +39,7 @@ def test_depth_aware_sharpens_deep_slices_more_than_paper_mode(plants, tmp_path)
     assert model.config.model.condition and model.meta["mode"] == "depth-aware"
     levels = degradation_levels(plants[1].observed, model)
     assert levels[-1] > levels[len(levels) // 4]  # deeper slices get a higher degradation level
-    deep = range(14, 20)
+    deep = range(18, 24)
     sharp = {}
     for name, path in (("paper", paper), ("aware", aware)):
         result = enhance(plants[1].observed, path)

@@ -112,7 +112,8 @@ def main() -> None:
     ]
     if "shipped_model_training_minutes" in result:
         lines.append(
-            f"| measured wall time of the shipped model's training (min) "
+            "| wall time of the paper-mode training run behind dqlr_paper.pt, "
+            "on a CPU shared with other jobs (min) "
             f"| {result['shipped_model_training_minutes']:.1f} |"
         )
     (RESULTS / "train_speed.md").write_text("\n".join(lines) + "\n")

@@ -27,6 +27,7 @@ def test_shipped_models_are_small_and_self_describing() -> None:
         model = load_model(name)
         assert model.meta["normalization"]["per_stack"] is True
     assert load_model(None).config.model.quantize is True
+    assert load_model(None).config.model.condition is True  # depth-aware won the benchmark
     assert load_model("noquant").config.model.quantize is False
     assert load_model("depth-aware").config.model.condition is True
     assert load_model("paper").meta["mode"] == "paper"

@@ -28,7 +28,7 @@ SHIPPED = {
     "noquant": "dqlr_noquant.pt",
     "depth-aware": "dqlr_depth_aware.pt",
 }
-DEFAULT_MODEL = "paper"
+DEFAULT_MODEL = "depth-aware"
 
 
 @dataclass

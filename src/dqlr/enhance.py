@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from dqlr.checkpoint import LoadedModel, load_model
 from dqlr.errors import DqlrError
 from dqlr.io import check_finite, create_stack_writer, read_stack, stack_format
+from dqlr.model import pad_to_multiple
 from dqlr.normalize import Normalization, denormalize, fit_normalization, normalize
 from dqlr.tiling import Blender, tile_grid
 from dqlr.train import fast_cpu_math, pick_device
@@ -79,7 +80,7 @@ def iter_enhanced(
                 condition = None
                 if levels is not None:
                     condition = torch.full((len(batch),), float(levels[z]), device=device)
-                latents = network.encode(_pad(tiles, align), condition)
+                latents = network.encode(pad_to_multiple(tiles, align)[0], condition)
                 context = [
                     above[i] if above[i] is not None else network.initial_state(latents[k])
                     for k, i in enumerate(batch)
@@ -111,12 +112,6 @@ def _batches(order: list[int], regions: list[tuple[slice, slice]], size: int) ->
         batch.append(i)
     if batch:
         yield batch
-
-
-def _pad(tiles: torch.Tensor, multiple: int) -> torch.Tensor:
-    from dqlr.model import pad_to_multiple
-
-    return pad_to_multiple(tiles, multiple)[0]
 
 
 def _check_stack(stack: Any, name: str) -> None:

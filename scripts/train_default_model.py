@@ -23,16 +23,21 @@ from dqlr.train import train
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "src" / "dqlr" / "weights"
 SEED = 100
-# Same recipe and budget for each; "default" is the paper-faithful default config.
+# Same recipe and budget for each; "default" is the paper-faithful default config (lambda_ssim 1) and
+# "paper-swept" the same network with the one change that won the sweep on the validation plant
+# (benchmarks/results/sweep_paper.md: lambda_ssim 0); "*-noquant" are their ablations.
+SWEPT = {"loss.lambda_ssim": 0.0}
 VARIANTS = {
     "default": {},
     "noquant": {"model.quantize": False},
+    "paper-swept": SWEPT,
+    "paper-swept-noquant": {**SWEPT, "model.quantize": False},
     "depth-aware": {"train.mode": "depth-aware", "model.condition": True},
     "depth-aware-noquant": {"train.mode": "depth-aware", "model.condition": True, "model.quantize": False},
 }
 SHIP = {
-    "default": "dqlr_paper.pt",
-    "noquant": "dqlr_noquant.pt",
+    "paper-swept": "dqlr_paper.pt",
+    "paper-swept-noquant": "dqlr_noquant.pt",
     "depth-aware": "dqlr_depth_aware.pt",
 }
 

@@ -40,3 +40,25 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, text: str, key: str) -> 
 def test_unknown_override_key() -> None:
     with pytest.raises(DqlrError, match="nope"):
         Config().with_overrides({"nope.x": 1})
+
+
+def test_every_sweep_variant_is_a_valid_config():
+    """The paper sweep (benchmarks/sweep_paper.py) must never drift from the config's keys."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "sweep_paper.py"
+    spec = importlib.util.spec_from_file_location("sweep_paper", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    table = {**sweep.variants(), **sweep.FOLLOW_UP}
+    assert len(table) >= 20
+    for name, overrides in table.items():
+        config = Config().with_overrides(overrides)
+        for dotted, value in overrides.items():
+            section, key = dotted.split(".")
+            assert getattr(getattr(config, section), key) == value, name
+    results = {n: {"psnr": {"deep": 19.0}} for n in sweep.variants()}
+    results["ssim-0"]["psnr"]["deep"] = 19.5
+    results["k-32"]["psnr"]["deep"] = 19.02  # inside the margin: not a win
+    assert sweep.combine(results, margin=0.05) == {"loss.lambda_ssim": 0.0}

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import tifffile
-import zarr
 
 from dqlr.errors import DqlrError
 
@@ -274,6 +273,8 @@ def _lazy_tiff(p: Path, series: Any, key: tuple) -> Any:
             mapped = None
         if mapped is not None:
             return mapped.reshape(series.shape)[key]
+    import zarr  # imported on first use: plain TIFF work never pays for it
+
     source = zarr.open_array(tifffile.imread(p, aszarr=True, series=0), mode="r")
     if all(isinstance(k, slice) for k in key):
         return source
@@ -315,6 +316,8 @@ def _ome_voxel_size(xml: str) -> tuple[float, float, float] | None:
 
 
 def _read_zarr(p: Path, channel: int | None, timepoint: int | None, lazy: bool) -> Stack:
+    import zarr
+
     node = zarr.open(str(p), mode="r")
     voxel_size = None
     if isinstance(node, zarr.Array):
@@ -614,6 +617,8 @@ class StackWriter:
 
 def _create_zarr(tmp: Path, shape: tuple[int, ...], dtype: np.dtype, voxel_size: tuple | None) -> Any:
     """OME-Zarr (NGFF 0.4, zarr v2) with one slice per chunk, so streaming reads one chunk."""
+    import zarr
+
     root = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
     chunks = (1, min(shape[1], ZARR_TILE), min(shape[2], ZARR_TILE))
     array = root.create_array(

@@ -140,3 +140,67 @@ def test_loaded_model_object_is_accepted(model_file, stack) -> None:
     loaded = load_model(model_file)
     assert isinstance(loaded, LoadedModel)
     assert np.array_equal(enhance(stack, loaded), enhance(stack, model_file))
+
+
+class _OutOfMemoryAbove:
+    """Wraps a network's decode so that batches over `limit` pixels (from slice `from_call` on)
+    raise CUDA's out-of-memory error, as a small GPU would."""
+
+    def __init__(self, network, limit: int, from_call: int = 0) -> None:
+        self.decode, self.limit, self.from_call, self.calls, self.raised = (
+            network.decode,
+            limit,
+            from_call,
+            0,
+            0,
+        )
+
+    def __call__(self, codes):
+        self.calls += 1
+        pixels = codes.shape[0] * codes.shape[-2] * codes.shape[-1] * 16
+        if self.calls > self.from_call and pixels > self.limit:
+            self.raised += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.decode(codes)
+
+
+@pytest.mark.parametrize("from_call", [0, 3])
+def test_out_of_memory_shrinks_tiles_and_matches_small_tiles(model_file, stack, from_call) -> None:
+    """From the first slice or mid-stack, running out of memory halves batch then tile and goes on;
+    the result matches a run with small tiles from the start (tiles differ only at borders)."""
+    from dqlr.checkpoint import load_model
+
+    model = load_model(model_file)
+    big = np.concatenate([stack, stack[:, ::-1]], axis=2)[:, :, :160]  # 70 x 160 slices
+    norm = fit_normalization(big)
+    reference = [s for s, _ in iter_enhanced(big, model, norm, EnhanceOptions(tile=64, overlap=32))]
+    guard = _OutOfMemoryAbove(model.network, limit=68 * 68, from_call=from_call)
+    model.network.decode = guard
+    try:
+        shrunk = [s for s, _ in iter_enhanced(big, model, norm, EnhanceOptions(tile=512, overlap=32))]
+    finally:
+        del model.network.decode
+    assert guard.raised >= 1
+    assert len(shrunk) == big.shape[0]
+    span = float(np.ptp(np.stack(reference)))
+    for a, b in zip(shrunk, reference, strict=True):
+        assert np.abs(a - b).max() < 0.02 * span
+
+
+def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model_file, stack) -> None:
+    from dqlr.checkpoint import load_model
+
+    model = load_model(model_file)
+    model.network.decode = _OutOfMemoryAbove(model.network, limit=0)
+    with pytest.raises(DqlrError, match="out of memory even with 64-px tiles"):
+        list(iter_enhanced(stack, model, fit_normalization(stack), EnhanceOptions(tile=256)))
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory() -> None:
+    from dqlr.enhance import is_out_of_memory
+
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(
+        RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory")
+    )
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))

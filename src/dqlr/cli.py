@@ -204,9 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["paper", "depth-aware"],
         help="use the shipped model of this training mode instead of the shipped default",
     )
-    p.add_argument("--tile", type=int, default=512)
-    p.add_argument("--overlap", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--tile", type=int, default=512, help="tile size in pixels; halved automatically when out of memory"
+    )
+    p.add_argument("--overlap", type=int, default=48, help="pixels shared by neighbouring tiles")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per network call")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--predict-next", type=int, default=0, metavar="N", help="also write the predicted next N slices"

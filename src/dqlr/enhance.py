@@ -45,6 +45,9 @@ def as_model(model: ModelLike, device: str = "auto") -> LoadedModel:
     return load_model(model, device=pick_device(device))
 
 
+MIN_TILE = 64  # smallest tile tried after running out of memory
+
+
 def iter_enhanced(
     stack: Any,
     model: LoadedModel,
@@ -57,46 +60,117 @@ def iter_enhanced(
     options.predict_next > 0, the predicted next slices (predict_next, H, W).
 
     `levels` (Z,) are the degradation levels a depth-aware model is conditioned on (see
-    `degradation_levels`); None for a paper-mode model.
+    `degradation_levels`); None for a paper-mode model. When the device runs out of memory the
+    slice is retried with half the batch, then half the tile size (down to MIN_TILE), and the
+    run goes on with the smaller setting.
     """
     network, device = model.network, model.device
     fast_cpu_math()
     depth, height, width = stack.shape
     align = network.config.downsample
     tile = max(options.tile // align * align, align)
+    batch_size = options.batch_size
     regions = tile_grid((height, width), tile, options.overlap, align)
     above: list[torch.Tensor | None] = [None] * len(regions)
+    previous: torch.Tensor | None = None  # the slice above, to rebuild its latents on new tiles
     with torch.inference_mode():
         for z in range(depth):
             raw = np.asarray(stack[z])
             check_finite(raw, getattr(stack, "filename", None) or "input stack")
             current = torch.from_numpy(normalize(raw, norm)).to(device)
-            enhanced = Blender((height, width), options.overlap)
-            predicted = Blender((options.predict_next, height, width), options.overlap)
-            # Group tiles of equal shape into batches.
-            order = sorted(range(len(regions)), key=lambda i: _shape(regions[i]))
-            for batch in _batches(order, regions, options.batch_size):
-                tiles = torch.stack([current[regions[i]] for i in batch])[:, None]
-                condition = None
-                if levels is not None:
-                    condition = torch.full((len(batch),), float(levels[z]), device=device)
-                latents = network.encode(pad_to_multiple(tiles, align)[0], condition)
-                context = [
-                    above[i] if above[i] is not None else network.initial_state(latents[k])
-                    for k, i in enumerate(batch)
-                ]
-                codes = network.roll(latents, torch.stack(context), options.predict_next)
-                slices, _, _ = network.decode(torch.cat(codes, 0))
-                slices = slices[..., : tiles.shape[-2], : tiles.shape[-1]].float().cpu().numpy()
-                n = len(batch)
-                for k, i in enumerate(batch):
-                    enhanced.add(regions[i], slices[k, 0])
-                    if options.predict_next:
-                        predicted.add(regions[i], slices[n + k :: n, 0])
-                    above[i] = latents[k]
+            level = None if levels is None else float(levels[z])
+            while True:
+                try:
+                    enhanced, predicted, latents = _enhance_slice(
+                        network, current, regions, above, level, batch_size, options
+                    )
+                    break
+                except RuntimeError as error:
+                    if not is_out_of_memory(error):
+                        raise
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if batch_size > 1:
+                        batch_size //= 2
+                    elif tile > MIN_TILE:
+                        tile = max(tile // 2 // align * align, MIN_TILE)
+                        regions = tile_grid((height, width), tile, options.overlap, align)
+                        above = [None] * len(regions)
+                        if previous is not None:
+                            level_above = None if levels is None else float(levels[z - 1])
+                            above = _encode_tiles(network, previous, regions, level_above, batch_size)
+                    else:
+                        raise DqlrError(
+                            f"out of memory even with {MIN_TILE}-px tiles one at a time; free memory "
+                            "or use another --device"
+                        ) from None
+                    tqdm.write(
+                        f"dqlr enhance: out of memory; retrying with --tile {tile} --batch-size {batch_size}"
+                    )
+            above, previous = latents, current
             if progress is not None:
                 progress.update(1)
-            yield enhanced.result(), predicted.result() if options.predict_next else None
+            yield enhanced, predicted
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError a CPU allocation failure raises."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _encode_tiles(
+    network: Any,
+    image: torch.Tensor,
+    regions: list[tuple[slice, slice]],
+    level: float | None,
+    batch_size: int,
+) -> list[torch.Tensor | None]:
+    """Latents of `image` tile by tile (what the slice below needs as hidden state)."""
+    align = network.config.downsample
+    latents: list[torch.Tensor | None] = [None] * len(regions)
+    order = sorted(range(len(regions)), key=lambda i: _shape(regions[i]))
+    for batch in _batches(order, regions, batch_size):
+        tiles = torch.stack([image[regions[i]] for i in batch])[:, None]
+        condition = None if level is None else torch.full((len(batch),), level, device=image.device)
+        encoded = network.encode(pad_to_multiple(tiles, align)[0], condition)
+        for k, i in enumerate(batch):
+            latents[i] = encoded[k]
+    return latents
+
+
+def _enhance_slice(
+    network: Any,
+    current: torch.Tensor,
+    regions: list[tuple[slice, slice]],
+    above: list[torch.Tensor | None],
+    level: float | None,
+    batch_size: int,
+    options: EnhanceOptions,
+) -> tuple[np.ndarray, np.ndarray | None, list[torch.Tensor | None]]:
+    """One slice through E, R (hidden state: `above`), Q and G, tile by tile; returns the blended
+    slice, the predicted next slices and this slice's latents. Leaves `above` untouched, so a
+    slice that ran out of memory can be retried."""
+    height, width = current.shape
+    enhanced = Blender((height, width), options.overlap)
+    predicted = Blender((options.predict_next, height, width), options.overlap)
+    latents = _encode_tiles(network, current, regions, level, batch_size)
+    order = sorted(range(len(regions)), key=lambda i: _shape(regions[i]))
+    for batch in _batches(order, regions, batch_size):
+        here = torch.stack([latents[i] for i in batch])
+        context = [above[i] if above[i] is not None else network.initial_state(latents[i]) for i in batch]
+        codes = network.roll(here, torch.stack(context), options.predict_next)
+        slices, _, _ = network.decode(torch.cat(codes, 0))
+        first = regions[batch[0]]
+        slices = slices[..., : _shape(first)[0], : _shape(first)[1]].float().cpu().numpy()
+        n = len(batch)
+        for k, i in enumerate(batch):
+            enhanced.add(regions[i], slices[k, 0])
+            if options.predict_next:
+                predicted.add(regions[i], slices[n + k :: n, 0])
+    return enhanced.result(), predicted.result() if options.predict_next else None, latents
 
 
 def _shape(region: tuple[slice, slice]) -> tuple[int, int]:

@@ -61,53 +61,58 @@ def iter_enhanced(
 
     `levels` (Z,) are the degradation levels a depth-aware model is conditioned on (see
     `degradation_levels`); None for a paper-mode model. When the device runs out of memory the
-    slice is retried with half the batch, then half the tile size (down to MIN_TILE), and the
-    run goes on with the smaller setting.
+    slice is retried with half the batch, then half the tile size (down to MIN_TILE, overlap at
+    most a quarter tile), and the run goes on with the smaller setting.
     """
     network, device = model.network, model.device
     fast_cpu_math()
     depth, height, width = stack.shape
     align = network.config.downsample
     tile = max(options.tile // align * align, align)
-    batch_size = options.batch_size
-    regions = tile_grid((height, width), tile, options.overlap, align)
-    above: list[torch.Tensor | None] = [None] * len(regions)
-    previous: torch.Tensor | None = None  # the slice above, to rebuild its latents on new tiles
+    batch_size, overlap = options.batch_size, options.overlap
+    regions = tile_grid((height, width), tile, overlap, align)
+    above: list[torch.Tensor | None] | None = [None] * len(regions)
+    previous: np.ndarray | None = None  # the slice above (normalised, on the CPU)
     with torch.inference_mode():
         for z in range(depth):
             raw = np.asarray(stack[z])
             check_finite(raw, getattr(stack, "filename", None) or "input stack")
-            current = torch.from_numpy(normalize(raw, norm)).to(device)
+            plane = normalize(raw, norm)
+            current = torch.from_numpy(plane).to(device)
             level = None if levels is None else float(levels[z])
             while True:
                 try:
+                    if above is None:  # new tile grid: the slice above's latents on it
+                        level_above = None if levels is None else float(levels[z - 1])
+                        image = torch.from_numpy(previous).to(device)
+                        above = _encode_tiles(network, image, regions, level_above, batch_size)
                     enhanced, predicted, latents = _enhance_slice(
-                        network, current, regions, above, level, batch_size, options
+                        network, current, regions, above, level, batch_size, overlap, options.predict_next
                     )
                     break
                 except RuntimeError as error:
                     if not is_out_of_memory(error):
                         raise
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    if batch_size > 1:
-                        batch_size //= 2
-                    elif tile > MIN_TILE:
-                        tile = max(tile // 2 // align * align, MIN_TILE)
-                        regions = tile_grid((height, width), tile, options.overlap, align)
-                        above = [None] * len(regions)
-                        if previous is not None:
-                            level_above = None if levels is None else float(levels[z - 1])
-                            above = _encode_tiles(network, previous, regions, level_above, batch_size)
-                    else:
-                        raise DqlrError(
-                            f"out of memory even with {MIN_TILE}-px tiles one at a time; free memory "
-                            "or use another --device"
-                        ) from None
-                    tqdm.write(
-                        f"dqlr enhance: out of memory; retrying with --tile {tile} --batch-size {batch_size}"
+                # Out of the except block, so the failed attempt's tensors are already released.
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if batch_size > 1:
+                    batch_size //= 2
+                elif min(tile, max(height, width)) > MIN_TILE:
+                    tile = max(min(tile, max(height, width)) // 2 // align * align, MIN_TILE)
+                    overlap = min(overlap, tile // 4)  # keeps the number of tiles in proportion
+                    regions = tile_grid((height, width), tile, overlap, align)
+                    above = None if previous is not None else [None] * len(regions)
+                else:
+                    raise DqlrError(
+                        f"out of memory even with {tile}-px tiles one at a time; free memory "
+                        "or use another --device"
                     )
-            above, previous = latents, current
+                tqdm.write(
+                    f"dqlr enhance: out of memory; retrying with --tile {tile} --overlap {overlap} "
+                    f"--batch-size {batch_size}"
+                )
+            above, previous = latents, plane
             if progress is not None:
                 progress.update(1)
             yield enhanced, predicted
@@ -148,29 +153,30 @@ def _enhance_slice(
     above: list[torch.Tensor | None],
     level: float | None,
     batch_size: int,
-    options: EnhanceOptions,
+    overlap: int,
+    predict_next: int,
 ) -> tuple[np.ndarray, np.ndarray | None, list[torch.Tensor | None]]:
     """One slice through E, R (hidden state: `above`), Q and G, tile by tile; returns the blended
     slice, the predicted next slices and this slice's latents. Leaves `above` untouched, so a
     slice that ran out of memory can be retried."""
     height, width = current.shape
-    enhanced = Blender((height, width), options.overlap)
-    predicted = Blender((options.predict_next, height, width), options.overlap)
+    enhanced = Blender((height, width), overlap)
+    predicted = Blender((predict_next, height, width), overlap)
     latents = _encode_tiles(network, current, regions, level, batch_size)
     order = sorted(range(len(regions)), key=lambda i: _shape(regions[i]))
     for batch in _batches(order, regions, batch_size):
         here = torch.stack([latents[i] for i in batch])
         context = [above[i] if above[i] is not None else network.initial_state(latents[i]) for i in batch]
-        codes = network.roll(here, torch.stack(context), options.predict_next)
+        codes = network.roll(here, torch.stack(context), predict_next)
         slices, _, _ = network.decode(torch.cat(codes, 0))
         first = regions[batch[0]]
         slices = slices[..., : _shape(first)[0], : _shape(first)[1]].float().cpu().numpy()
         n = len(batch)
         for k, i in enumerate(batch):
             enhanced.add(regions[i], slices[k, 0])
-            if options.predict_next:
+            if predict_next:
                 predicted.add(regions[i], slices[n + k :: n, 0])
-    return enhanced.result(), predicted.result() if options.predict_next else None, latents
+    return enhanced.result(), predicted.result() if predict_next else None, latents
 
 
 def _shape(region: tuple[slice, slice]) -> tuple[int, int]:

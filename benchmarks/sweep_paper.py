@@ -165,7 +165,8 @@ DECISION = (
     "repeated with a second seed (19.70 dB with both seeds; the default gave 19.13 and 19.32). The "
     "runners-up (code dimension 8, n = 4, lambda_quant 0.25, k = 32; one seed each) add at most "
     "0.04 dB on top of it, and all axis winners together (combined, 19.34 dB) fall below it. The shipped "
-    "paper-mode model therefore takes lambda_ssim = 0 alone (scripts/train_default_model.py, variant paper-swept)."
+    "paper-mode model therefore takes lambda_ssim = 0 alone (scripts/train_default_model.py, "
+    "variant paper-swept)."
 )
 
 

@@ -37,8 +37,10 @@ from dqlr.simulate import Optics, simulate_plant
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = {
-    "DQLR (paper)": "default",
-    "DQLR without quantization (ablation)": "noquant",
+    "DQLR (paper, default config)": "default",
+    "DQLR (paper, default config) without quantization": "noquant",
+    "DQLR (paper, swept: lambda_ssim 0)": "paper-swept",
+    "DQLR (paper, swept) without quantization": "paper-swept-noquant",
     "DQLR depth-aware": "depth-aware",
     "DQLR depth-aware without quantization": "depth-aware-noquant",
 }

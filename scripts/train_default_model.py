@@ -34,6 +34,8 @@ VARIANTS = {
     "paper-swept-noquant": {**SWEPT, "model.quantize": False},
     "depth-aware": {"train.mode": "depth-aware", "model.condition": True},
     "depth-aware-noquant": {"train.mode": "depth-aware", "model.condition": True, "model.quantize": False},
+    # the sweep's one robust change, tried in depth-aware mode too (chosen on the validation plant)
+    "depth-aware-swept": {"train.mode": "depth-aware", "model.condition": True, **SWEPT},
 }
 SHIP = {
     "paper-swept": "dqlr_paper.pt",

@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import tempfile
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -73,8 +74,8 @@ def slice_figure(
             ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name)
+            if row == 0:  # long method names wrap instead of running into the next column
+                ax.set_title(textwrap.fill(name, 28), fontsize=10)
             if col == 0:
                 ax.set_ylabel(f"slice {z + 1}/{depth}")
             h, w = image.shape

@@ -43,6 +43,7 @@ MODELS = {
     "DQLR (paper, swept) without quantization": "paper-swept-noquant",
     "DQLR depth-aware": "depth-aware",
     "DQLR depth-aware without quantization": "depth-aware-noquant",
+    "DQLR depth-aware, lambda_ssim 0": "depth-aware-swept",
 }
 
 
@@ -97,6 +98,36 @@ def run_noise2void(args, data: Path, split: dict, tests: dict) -> tuple[dict, di
     return info, {key: read_stack(out).data for key, out in zip(tests, outs, strict=True)}
 
 
+def validation_table(work: Path, observed: np.ndarray, clean: np.ndarray) -> None:
+    """Scores of every trained model (or its shipped export) on the validation plant, the plant
+    choices are made on; writes benchmarks/results/quality_validation.md."""
+    lines = [
+        "# Trained models on the validation plant (where choices are made)",
+        "",
+        "Command: `.venv/bin/python benchmarks/quality.py --validation-only`. Plant 4 of seeds 100-105, "
+        "affine-fitted PSNR / SSIM against its clean stack.",
+        "",
+        "| model | PSNR top | PSNR deep | SSIM deep |",
+        "|---|---|---|---|",
+    ]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from train_default_model import SHIP, WEIGHTS
+
+    for label, name in {"input": None, **MODELS}.items():
+        best = work / name / "best.pt" if name else None
+        if best is not None and not best.exists() and name in SHIP:
+            best = WEIGHTS / SHIP[name]  # the shipped export of that run: same weights
+        if best is not None and not best.exists():
+            continue
+        result = observed if best is None else enhance(observed, load_model(best, device="cpu"))
+        s = summarise(result, clean)
+        lines.append(
+            f"| {label} | {s['psnr']['top']:.2f} | {s['psnr']['deep']:.2f} | {s['ssim']['deep']:.3f} |"
+        )
+        print(lines[-1], flush=True)
+    (RESULTS / "quality_validation.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "default")
@@ -104,6 +135,11 @@ def main() -> None:
     parser.add_argument("--skip-n2v", action="store_true")
     parser.add_argument("--n2v-threads", type=int, default=0)
     parser.add_argument("--only-n2v", action="store_true", help="train/cache Noise2Void and stop")
+    parser.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="score the trained models on the validation plant (for choices) and stop",
+    )
     parser.add_argument(
         "--skip-training", action="store_true", help="evaluate only the models already trained in --work"
     )
@@ -117,6 +153,9 @@ def main() -> None:
     outputs: dict[str, dict[str, np.ndarray]] = {k: {"input": v[0]} for k, v in tests.items()}
     if args.only_n2v:
         run_noise2void(args, data, split, tests)
+        return
+    if args.validation_only:
+        validation_table(args.work, observed[val], clean[val])
         return
     times: dict[str, dict[str, float]] = {"input": {"train_s": 0.0, "infer_s": 0.0}}
     settings: dict[str, object] = {}

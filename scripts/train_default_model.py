@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """How the shipped models were made: simulate the six-plant layout, train with the default config.
 
-    .venv/bin/python scripts/train_default_model.py [--work runs/default] [--only default|noquant]
+    .venv/bin/python scripts/train_default_model.py [--work runs/default] [--only VARIANT]
 
-Trains the paper-faithful DQLR (default config), its no-quantization ablation and the depth-aware
-variants with the same recipe and budget on plants 0-3, validating on plant 4 (plant 5 is left for
-tests), and exports the shipped ones (without optimiser state) into src/dqlr/weights/.
+Trains the paper-faithful DQLR (default config and the config the sweep on the validation plant
+chose), their no-quantization ablations and the depth-aware variants, all with the same recipe and
+budget on plants 0-3, validating on plant 4 (plant 5 is left for tests), and exports the shipped
+ones (without optimiser state) into src/dqlr/weights/.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ def validation_table(work: Path, observed: np.ndarray, clean: np.ndarray) -> Non
         "# Trained models on the validation plant (where choices are made)",
         "",
         "Command: `.venv/bin/python benchmarks/quality.py --validation-only`. Plant 4 of seeds 100-105, "
-        "affine-fitted PSNR / SSIM against its clean stack.",
+        "affine-fitted PSNR / SSIM against its clean stack. A model not trained in --work is scored from "
+        "its shipped export in src/dqlr/weights (the same weights).",
         "",
         "| model | PSNR top | PSNR deep | SSIM deep |",
         "|---|---|---|---|",

@@ -85,3 +85,19 @@ def test_report_command(tmp_path, capsys) -> None:
     assert main(args) == 0 and out.stat().st_size > 10_000
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_per_slice_contrast_does_not_blow_up_an_empty_slice() -> None:
+    """A near-empty slice keeps a display range of at least a tenth of the stack's; a dim slice
+    with real structure still gets its own (stretched) range."""
+    from dqlr.report import MAX_STRETCH, _slice_range
+
+    rng = np.random.default_rng(0)
+    stack_range = (100.0, 1100.0)
+    residue = 120 + rng.normal(0, 1, (64, 64))  # faint texture above the tissue
+    low, high = _slice_range(residue, stack_range)
+    assert high - low == pytest.approx(1000.0 / MAX_STRETCH)
+    assert low < residue.mean() < high
+    dim = 100 + 300 * (rng.random((64, 64)) > 0.8)  # dim deep slice: membranes at a third of the range
+    low, high = _slice_range(dim, stack_range)
+    assert (low, high) == pytest.approx(tuple(np.percentile(dim, [0.5, 99.8])))

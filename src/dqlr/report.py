@@ -34,6 +34,19 @@ def _display_range(stack: np.ndarray) -> tuple[float, float]:
     return float(low), float(max(high, low + 1e-6))
 
 
+MAX_STRETCH = 10.0
+
+
+def _slice_range(image: np.ndarray, stack_range: tuple[float, float]) -> tuple[float, float]:
+    """Display range of one slice, at least 1/MAX_STRETCH of its stack's range wide."""
+    low, high = (float(v) for v in np.percentile(image, [0.5, 99.8]))
+    floor = (stack_range[1] - stack_range[0]) / MAX_STRETCH
+    if high - low < floor:
+        centre = (low + high) / 2
+        low, high = centre - floor / 2, centre + floor / 2
+    return low, high
+
+
 def depth_indices(depth: int) -> list[int]:
     """Top, middle and deepest slice."""
     return [0, depth // 2, depth - 1]
@@ -50,7 +63,9 @@ def slice_figure(
     """A grid: one row per depth, one column per stack, each with a zoomed inset of the centre.
 
     With per_slice_contrast the display range is set per slice, so the structure of dim deep slices
-    can be compared by eye (the intensities are then not comparable between rows).
+    can be compared by eye (the intensities are then not comparable between rows). The stretch is
+    capped (MAX_STRETCH times the stack's range), so a near-empty slice above the tissue shows as
+    near-empty instead of its faint residue blown up to full contrast.
     """
     import matplotlib
 
@@ -69,7 +84,7 @@ def slice_figure(
             image = np.asarray(stacks[name][z], dtype=np.float32)
             low, high = ranges[name]
             if per_slice_contrast:
-                low, high = np.percentile(image, [0.5, 99.8])
+                low, high = _slice_range(image, ranges[name])
             ax = axes[row, col]
             ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
             ax.set_xticks([])

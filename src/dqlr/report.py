@@ -63,9 +63,9 @@ def slice_figure(
     """A grid: one row per depth, one column per stack, each with a zoomed inset of the centre.
 
     With per_slice_contrast the display range is set per slice, so the structure of dim deep slices
-    can be compared by eye (the intensities are then not comparable between rows). The stretch is
-    capped (MAX_STRETCH times the stack's range), so a near-empty slice above the tissue shows as
-    near-empty instead of its faint residue blown up to full contrast.
+    can be compared by eye (the intensities are then not comparable between rows). A slice is
+    stretched at most MAX_STRETCH times more than its whole stack, so a near-empty slice above the
+    tissue looks near-empty instead of showing its faint residue at full contrast.
     """
     import matplotlib
 

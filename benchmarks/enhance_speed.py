@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from skimage.restoration import richardson_lucy
 
-from dqlr.checkpoint import load_model
-from dqlr.enhance import enhance
+from dqlr.inference.enhance import enhance
 from dqlr.io import write_stack
-from dqlr.simulate import simulate_plant
+from dqlr.model.checkpoint import load_model
+from dqlr.simulation import simulate_plant
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -21,18 +21,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness.tuning import tune_gaussian_smoothing, tune_richardson_lucy
 
-from dqlr.baselines import (
-    gaussian_smoothing,
-    richardson_lucy,
-    tune_gaussian_smoothing,
-    tune_richardson_lucy,
-)
-from dqlr.checkpoint import load_model
-from dqlr.enhance import enhance
+from dqlr.evaluation.baselines import gaussian_smoothing, richardson_lucy
+from dqlr.evaluation.metrics import per_slice, thirds
+from dqlr.inference.enhance import enhance
 from dqlr.io import read_stack, write_stack
-from dqlr.metrics import per_slice, thirds
-from dqlr.simulate import Optics, simulate_plant
+from dqlr.model.checkpoint import load_model
+from dqlr.simulation import Optics, simulate_plant
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -73,7 +69,7 @@ def ensure_model(work: Path, name: str) -> Path | None:
 def run_noise2void(args, data: Path, split: dict, tests: dict) -> tuple[dict, dict]:
     """Train CAREamics N2V on the training plants (its own environment) and denoise the test stacks;
     a finished run in --work/n2v is reused."""
-    from dqlr.peers import noise2void
+    from harness.peers import noise2void
 
     work = args.work / "n2v"
     work.mkdir(parents=True, exist_ok=True)
@@ -245,7 +241,7 @@ def main() -> None:
     lines.append("Inference time is the sum over both evaluation stacks (48 x 256 x 256 each).")
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    from dqlr.report import slice_figure
+    from dqlr.reporting.figures import slice_figure
 
     for key, results in outputs.items():
         slice_figure(

@@ -68,12 +68,12 @@ def run_variant(
 
     import torch
 
-    from dqlr.checkpoint import load_model
     from dqlr.config import Config
-    from dqlr.enhance import enhance
+    from dqlr.evaluation.metrics import per_slice, thirds
+    from dqlr.inference.enhance import enhance
     from dqlr.io import read_stack
-    from dqlr.metrics import per_slice, thirds
-    from dqlr.train import pick_device, train
+    from dqlr.model.checkpoint import load_model
+    from dqlr.training.trainer import pick_device, train
 
     if threads:
         torch.set_num_threads(threads)
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="replace a record made with another budget")
     args = parser.parse_args()
     if not (args.data / "split.json").exists():
-        from dqlr.simulate import simulate_dataset
+        from dqlr.simulation import simulate_dataset
 
         simulate_dataset(args.data, plants=6, seed=100)
     budget = {"epochs": args.epochs, "steps": args.steps}
@@ -291,7 +291,7 @@ def main() -> None:
     write_results(results, args.results, budget, notes)
     best = max(results, key=lambda n: results[n]["psnr"]["deep"]) if results else None
     if args.export and best:
-        from dqlr.checkpoint import export_model
+        from dqlr.model.checkpoint import export_model
 
         for name in dict.fromkeys(["default", "combined", best]):
             checkpoint = work / name / "best.pt"

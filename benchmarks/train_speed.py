@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from dqlr.config import Config
-from dqlr.data import WindowSampler
-from dqlr.losses import dqlr_loss
 from dqlr.model import DQLR
 from dqlr.normalize import fit_normalization
-from dqlr.simulate import simulate_plant
-from dqlr.train import fast_cpu_math, pick_device
+from dqlr.simulation import simulate_plant
+from dqlr.training.data import WindowSampler
+from dqlr.training.losses import dqlr_loss
+from dqlr.training.trainer import fast_cpu_math, pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -16,10 +16,10 @@ import json
 import time
 from pathlib import Path
 
-from dqlr.checkpoint import export_model
 from dqlr.config import Config
-from dqlr.simulate import simulate_dataset
-from dqlr.train import train
+from dqlr.model.checkpoint import export_model
+from dqlr.simulation import simulate_dataset
+from dqlr.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "src" / "dqlr" / "weights"

@@ -24,7 +24,6 @@ def tiny_config(**model: object) -> Config:
             "batch_size": 4,
             "warmup_steps": 2,
             "val_windows": 4,
-            "device": "cpu",
         }
     )
     return Config.from_dict(values)
@@ -37,7 +36,7 @@ def config() -> Config:
 
 @pytest.fixture(scope="session")
 def tiny_plants() -> list[np.ndarray]:
-    from dqlr.simulate import simulate_plant
+    from dqlr.simulation import simulate_plant
 
     return [simulate_plant(shape=(10, 48, 48), seed=s).observed for s in (1, 2)]
 

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
-from dqlr.baselines import (
+from harness.tuning import (
     RL_ITERATIONS,
     RL_SIGMAS,
     _rl_checkpoints,
-    _rl_plane,
-    gaussian_psf,
-    gaussian_smoothing,
-    richardson_lucy,
     tune_gaussian_smoothing,
     tune_richardson_lucy,
 )
+from scipy import ndimage
+
 from dqlr.errors import DqlrError
-from dqlr.metrics import per_slice, psnr_affine
-from dqlr.simulate import SimulatedPlant, simulate_plant
+from dqlr.evaluation.baselines import _rl_plane, gaussian_psf, gaussian_smoothing, richardson_lucy
+from dqlr.evaluation.metrics import per_slice, psnr_affine
+from dqlr.simulation import SimulatedPlant, simulate_plant
 
 SHAPE = (12, 64, 64)
 

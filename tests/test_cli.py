@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dqlr.checkpoint import save_checkpoint
 from dqlr.cli import main
 from dqlr.io import read_stack
 from dqlr.model import DQLR
+from dqlr.model.checkpoint import save_checkpoint
 from tests.conftest import tiny_config
 
 

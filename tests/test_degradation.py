@@ -17,7 +17,7 @@ from dqlr.degradation import (
     make_pairs,
 )
 from dqlr.errors import DqlrError
-from dqlr.simulate import Optics, SimulatedPlant, simulate_plant
+from dqlr.simulation import Optics, SimulatedPlant, simulate_plant
 
 SHAPE = (32, 192, 192)  # big enough for the tissue content to average out, ~3 s to simulate
 SMALL = (24, 128, 128)

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from dqlr.checkpoint import load_model
-from dqlr.enhance import degradation_levels, enhance
-from dqlr.metrics import sharpness
-from dqlr.simulate import simulate_plant
-from dqlr.train import train
+from dqlr.config import RunOptions
+from dqlr.evaluation.metrics import sharpness
+from dqlr.inference.enhance import degradation_levels, enhance
+from dqlr.model.checkpoint import load_model
+from dqlr.simulation import simulate_plant
+from dqlr.training.trainer import train
 from tests.conftest import tiny_config
 
 
@@ -19,7 +20,7 @@ def plants():
 def _run(mode: str, plants, folder) -> str:
     config = tiny_config().with_overrides(
         {
-            "train.mode": mode,
+            "mode": mode,
             "train.epochs": 2,
             "train.steps_per_epoch": 30,
             "data.crop": 40,
@@ -28,7 +29,7 @@ def _run(mode: str, plants, folder) -> str:
             "depth_aware.pair_fraction": 0.75,
         }
     )
-    train([plants[0].observed], folder, config, val_stack=plants[1].observed, progress=False)
+    train([plants[0].observed], folder, config, val_stack=plants[1].observed, run=RunOptions(progress=False))
     return str(folder / "last.pt")
 
 
@@ -36,7 +37,7 @@ def test_depth_aware_sharpens_deep_slices_more_than_paper_mode(plants, tmp_path)
     paper = _run("paper", plants, tmp_path / "paper")
     aware = _run("depth-aware", plants, tmp_path / "aware")
     model = load_model(aware)
-    assert model.config.model.condition and model.meta["mode"] == "depth-aware"
+    assert model.config.conditioned and model.meta["mode"] == "depth-aware"
     levels = degradation_levels(plants[1].observed, model)
     assert levels[-1] > levels[len(levels) // 4]  # deeper slices get a higher degradation level
     deep = range(18, 24)

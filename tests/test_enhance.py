@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from dqlr.checkpoint import LoadedModel, save_checkpoint
-from dqlr.enhance import EnhanceOptions, enhance, enhance_file, enhance_files, iter_enhanced
 from dqlr.errors import DqlrError
+from dqlr.config import EnhanceOptions
+from dqlr.inference.enhance import enhance, enhance_file, enhance_files, iter_enhanced
+from dqlr.inference.tiling import Blender, tile_grid, tile_spans
 from dqlr.io import read_stack, write_stack
 from dqlr.model import DQLR
+from dqlr.model.checkpoint import LoadedModel, save_checkpoint
 from dqlr.normalize import fit_normalization
-from dqlr.tiling import Blender, tile_grid, tile_spans
 from tests.conftest import tiny_config
 
 
@@ -19,13 +20,13 @@ def model_file(tmp_path_factory) -> str:
     config = tiny_config(predict_next=2)
     network = DQLR(config.model)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, {"mode": "paper", "config": config.to_dict(), "model": network.state_dict()})
+    save_checkpoint(path, {"config": config.to_dict(), "model": network.state_dict()})
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def stack() -> np.ndarray:
-    from dqlr.simulate import simulate_plant
+    from dqlr.simulation import simulate_plant
 
     return simulate_plant(shape=(6, 70, 90), seed=3).observed
 
@@ -52,7 +53,7 @@ def test_blender_reproduces_a_constant_slice() -> None:
 
 
 def test_tiled_equals_untiled(model_file, stack) -> None:
-    from dqlr.checkpoint import load_model
+    from dqlr.model.checkpoint import load_model
 
     model = load_model(model_file)
     big = np.concatenate([stack, stack[:, ::-1]], axis=2)[:, :, :160]  # 70 x 160 slices
@@ -135,7 +136,7 @@ def test_several_files_one_failing(model_file, stack, tmp_path) -> None:
 
 
 def test_loaded_model_object_is_accepted(model_file, stack) -> None:
-    from dqlr.checkpoint import load_model
+    from dqlr.model.checkpoint import load_model
 
     loaded = load_model(model_file)
     assert isinstance(loaded, LoadedModel)
@@ -162,11 +163,11 @@ class _OutOfMemoryAbove:
 def conditioned_model():
     """Depth-aware and unquantized, so that both the latents of the slice above and its level
     show in the output (an untrained codebook would quantize small differences away)."""
-    from dqlr.checkpoint import LoadedModel
+    from dqlr.model.checkpoint import LoadedModel, build_network
 
     torch.manual_seed(1)
-    config = tiny_config(predict_next=1, quantize=False, condition=True)
-    network = DQLR(config.model).eval()
+    config = tiny_config(predict_next=1, quantize=False).with_overrides({"mode": "depth-aware"})
+    network = build_network(config).eval()
     return LoadedModel(network=network, config=config, meta={}, path="in-memory")
 
 
@@ -201,7 +202,7 @@ def test_out_of_memory_shrinks_tiles_and_goes_on(conditioned_model, stack, allow
 
 
 def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model_file, stack) -> None:
-    from dqlr.checkpoint import load_model
+    from dqlr.model.checkpoint import load_model
 
     model = load_model(model_file)
     model.network.decode = _OutOfMemoryAbove(model.network, limit=0)
@@ -210,7 +211,7 @@ def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model_file, stack) 
 
 
 def test_other_runtime_errors_are_not_taken_for_out_of_memory() -> None:
-    from dqlr.enhance import is_out_of_memory
+    from dqlr.inference.enhance import is_out_of_memory
 
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(

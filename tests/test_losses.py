@@ -4,7 +4,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
-from dqlr.losses import ssim
+from dqlr.training.losses import ssim
 
 
 def _images(seed: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

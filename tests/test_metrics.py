@@ -12,8 +12,7 @@ from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dqlr.errors import DqlrError
-from dqlr.io import write_stack
-from dqlr.metrics import (
+from dqlr.evaluation.metrics import (
     evaluate,
     evaluate_files,
     format_table,
@@ -28,7 +27,8 @@ from dqlr.metrics import (
     to_json,
     write_csv,
 )
-from dqlr.simulate import SimulatedPlant, simulate_plant
+from dqlr.io import write_stack
+from dqlr.simulation import SimulatedPlant, simulate_plant
 
 SHAPE = (12, 64, 64)
 SLICE = 8  # a slice the tissue fills

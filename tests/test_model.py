@@ -1,9 +1,14 @@
 import pytest
 import torch
 
-from dqlr.config import ModelConfig
-from dqlr.losses import dqlr_loss
+import numpy as np
+
+from dqlr.config import Config, EnhanceOptions, ModelConfig
+from dqlr.inference.enhance import iter_enhanced
 from dqlr.model import DQLR, VectorQuantizer
+from dqlr.model.checkpoint import LoadedModel
+from dqlr.normalize import fit_normalization
+from dqlr.training.losses import dqlr_loss
 
 SMALL = dict(base_channels=8, latent_channels=8, res_blocks=1, predict_next=2)
 
@@ -15,9 +20,15 @@ def test_shapes_for_odd_slice_sizes(height: int, width: int) -> None:
     outputs, vq_loss, stats = network(window, torch.tensor([True, False]))
     assert outputs.shape == (2, 3, height, width)
     assert vq_loss.ndim == 0
-    enhanced, predicted = network.eval().enhance_pair(window[:, 1:2], window[:, 0:1], predict=2)
-    assert enhanced.shape == (2, 1, height, width)
-    assert predicted.shape == (2, 2, height, width)
+    # the one inference path users run, on a stack of these odd slices
+    model = LoadedModel(network.eval(), Config(model=ModelConfig(**SMALL)))
+    stack = np.random.default_rng(0).random((3, height, width)).astype(np.float32)
+    options = EnhanceOptions(predict_next=2, device="cpu")
+    slices = list(iter_enhanced(stack, model, fit_normalization(stack), options))
+    assert len(slices) == 3
+    for enhanced, predicted in slices:
+        assert enhanced.shape == (height, width) and enhanced.dtype == np.float32
+        assert predicted.shape == (2, height, width)
 
 
 def test_codebook_has_128_entries_and_outputs_only_codebook_values() -> None:

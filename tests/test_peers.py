@@ -1,4 +1,4 @@
-"""Noise2Void from the real CAREamics, run through dqlr.peers in its own .venv-peers.
+"""Noise2Void from the real CAREamics, run through harness.peers in its own .venv-peers.
 
 Building .venv-peers downloads packages (about 1.6 GB installed), so the tests that train run only
 where it already exists or DQLR_TEST_PEERS=1 asks for it; the argument checks always run.
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from harness.peers import WORKER, ensure_peers_env, noise2void, peers_env
 
 from dqlr.errors import DqlrError
-from dqlr.metrics import psnr_affine
-from dqlr.peers import WORKER, ensure_peers_env, noise2void, peers_env
-from dqlr.simulate import simulate_plant
+from dqlr.evaluation.metrics import psnr_affine
+from dqlr.simulation import simulate_plant
 
 needs_peers = pytest.mark.skipif(
     os.environ.get("DQLR_TEST_PEERS") != "1" and not peers_env().exists(),

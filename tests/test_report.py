@@ -7,11 +7,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from dqlr.baselines import gaussian_smoothing
 from dqlr.cli import main
+from dqlr.evaluation.baselines import gaussian_smoothing
 from dqlr.io import write_stack
-from dqlr.report import build_report
-from dqlr.simulate import simulate_plant
+from dqlr.reporting.report import build_report
+from dqlr.simulation import simulate_plant
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -90,7 +90,7 @@ def test_report_command(tmp_path, capsys) -> None:
 def test_per_slice_contrast_does_not_blow_up_an_empty_slice() -> None:
     """A near-empty slice keeps a display range of at least a tenth of the stack's; a dim slice
     with real structure still gets its own (stretched) range."""
-    from dqlr.report import MAX_STRETCH, _slice_range
+    from dqlr.reporting.figures import MAX_STRETCH, _slice_range
 
     rng = np.random.default_rng(0)
     stack_range = (100.0, 1100.0)

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from dqlr.checkpoint import load_model, shipped_model_path
-from dqlr.enhance import enhance
-from dqlr.metrics import psnr_affine
-from dqlr.simulate import simulate_plant
+from dqlr.evaluation.metrics import psnr_affine
+from dqlr.inference.enhance import enhance
+from dqlr.model.checkpoint import load_model, shipped_model_path
+from dqlr.simulation import simulate_plant
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,11 @@ def test_shipped_models_are_small_and_self_describing() -> None:
         model = load_model(name)
         assert model.meta["normalization"]["per_stack"] is True
     assert load_model(None).config.model.quantize is True
-    assert load_model(None).config.model.condition is True  # depth-aware won the benchmark
+    assert load_model(None).config.mode == "depth-aware"  # depth-aware won the benchmark
+    assert load_model(None).network.condition is True
     assert load_model("noquant").config.model.quantize is False
-    assert load_model("depth-aware").config.model.condition is True
+    assert load_model("depth-aware").config.conditioned is True
+    assert load_model("paper").network.condition is False
     assert load_model("paper").meta["mode"] == "paper"
 
 

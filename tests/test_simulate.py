@@ -10,7 +10,7 @@ import tifffile
 from scipy import ndimage, stats
 
 from dqlr.errors import DqlrError
-from dqlr.simulate import Optics, SimulatedPlant, simulate_dataset, simulate_plant
+from dqlr.simulation import Optics, SimulatedPlant, simulate_dataset, simulate_plant
 
 SHAPE = (16, 96, 96)
 OFFSET = Optics().offset_adu

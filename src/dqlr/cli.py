@@ -12,7 +12,7 @@ from dqlr.errors import DqlrError
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    from dqlr.simulate import simulate_dataset
+    from dqlr.simulation import simulate_dataset
 
     result = simulate_dataset(
         args.out,
@@ -42,30 +42,44 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from dqlr.config import load_config
-    from dqlr.train import train
+    from dqlr.api import train
+    from dqlr.config import RunOptions, load_config
 
     config = None
+    changes = [
+        flag
+        for flag, value in (
+            ("--config", args.config),
+            ("--set", args.set),
+            ("--epochs", args.epochs),
+            ("--mode", args.mode),
+        )
+        if value
+    ]
+    if args.resume and changes:
+        raise DqlrError(
+            f"--resume continues the run with its saved config; drop {', '.join(changes)} "
+            "(it would be ignored) or train into a new --out"
+        )
     if not args.resume:
         config = load_config(args.config)
         overrides = _overrides(args.set or [])
-        if args.device:
-            overrides["train.device"] = args.device
         if args.epochs:
             overrides["train.epochs"] = args.epochs
         if args.mode:
-            overrides["train.mode"] = args.mode
-            overrides["model.condition"] = args.mode == "depth-aware"
+            overrides["mode"] = args.mode
         if overrides:
             config = config.with_overrides(overrides)
-    result = train(args.stacks, args.out, config, val_stack=args.val, resume=args.resume)
+    run = RunOptions(device=args.device or "auto", num_threads=args.threads)
+    result = train(args.stacks, args.out, config, val_stack=args.val, resume=args.resume, run=run)
     print(f"checkpoints: {result.best} (best), {result.last} (last)")
 
 
 def _enhance(args: argparse.Namespace) -> int:
-    from dqlr.enhance import EnhanceOptions, enhance_files
+    from dqlr.config import EnhanceOptions
+    from dqlr.inference.enhance import enhance_files
 
-    options = EnhanceOptions(
+    options = EnhanceOptions.of(
         tile=args.tile,
         overlap=args.overlap,
         batch_size=args.batch_size,
@@ -89,7 +103,7 @@ def _enhance(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from dqlr.metrics import evaluate_files, format_table
+    from dqlr.evaluation.metrics import evaluate_files, format_table
 
     for path in (args.json, args.csv):
         if path is not None and path.exists() and not args.force:
@@ -99,7 +113,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from dqlr.report import report_files
+    from dqlr.reporting.report import report_files
 
     results = {}
     for item in args.result:
@@ -112,12 +126,11 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _estimate(args: argparse.Namespace) -> None:
-    from dqlr.degradation import estimate_degradation
-    from dqlr.io import read_stack
-    from dqlr.report import degradation_figure
+    from dqlr import api
+    from dqlr.reporting.figures import degradation_figure
 
-    stack = read_stack(args.stack, channel=args.channel, timepoint=args.timepoint, lazy=True)
-    estimate = estimate_degradation(stack.data, voxel_size=stack.voxel_size)
+    stack = api.read_stack(args.stack, channel=args.channel, timepoint=args.timepoint, lazy=True)
+    estimate = api.estimate(stack.data, voxel_size=stack.voxel_size)
     print(
         f"noise model: gain {estimate.gain:.4g}, read noise {estimate.read_noise:.4g}, "
         f"offset {estimate.offset:.4g}; reference slices {estimate.reference_slices}"
@@ -142,12 +155,20 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _config(args: argparse.Namespace) -> None:
-    from dqlr.config import Config
+    from dqlr.config import Config, config_yaml
 
-    print(yaml.safe_dump(Config().to_dict(), sort_keys=False), end="")
+    print(config_yaml(Config()), end="")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from dqlr.model.checkpoint import convert_checkpoint
+
+    print(f"converted: {convert_checkpoint(args.model, args.output, force=args.force)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dqlr.config import EnhanceOptions
+
     parser = argparse.ArgumentParser(
         prog="dqlr", description="Restore deep, degraded slices of confocal z-stacks (DQLR)."
     )
@@ -180,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="paper: reproduce the observed slices (the paper); depth-aware: also learn to undo "
         "the stack's own depth degradation from its sharp upper slices",
     )
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: auto; not saved with the model)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for this run (default: 0, torch's choice)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -204,15 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["paper", "depth-aware"],
         help="use the shipped model of this training mode instead of the shipped default",
     )
-    p.add_argument(
-        "--tile", type=int, default=512, help="tile size in pixels; halved automatically when out of memory"
-    )
-    p.add_argument("--overlap", type=int, default=48, help="pixels shared by neighbouring tiles")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per network call")
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--predict-next", type=int, default=0, metavar="N", help="also write the predicted next N slices"
-    )
+    for name, field in EnhanceOptions.model_fields.items():
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=type(field.default),
+            default=field.default,
+            metavar="N" if name == "predict_next" else None,
+            help=f"{field.description} (default: {field.default})",
+        )
     p.add_argument("--channel", type=int)
     p.add_argument("--timepoint", type=int)
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -256,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the default config as YAML")
     p.set_defaults(run=_config)
+
+    p = sub.add_parser("convert", help="rewrite a model file of an older dqlr in today's format")
+    p.add_argument("model", type=Path, help="the old model file (read safely: weights only)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the new model file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(run=_convert)
     return parser
 
 

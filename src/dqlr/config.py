@@ -1,4 +1,9 @@
-"""The one typed configuration of a dqlr model and its training, saved next to every checkpoint.
+"""Typed settings, in two kinds that never mix.
+
+- `Config`: what a model *is* and how it was trained (mode, network shape, loss, data, schedule).
+  Saved inside every checkpoint and as config.yaml in its run folder, so a model rebuilds anywhere.
+- `RunOptions` and `EnhanceOptions`: how one run executes on this machine (device, threads, mixed
+  precision, tiles). Never saved with a model: a GPU setting must not travel to a laptop.
 
 YAML in, YAML out. Unknown keys and bad values are refused with a message that names the key, so a
 typo in a config file never silently falls back to a default.
@@ -7,16 +12,30 @@ typo in a config file never silently falls back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dqlr.atomic import write_text
 from dqlr.errors import DqlrError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_S = TypeVar("_S", bound=_Strict)
+
+
+def _validated(cls: type[_S], values: dict[str, Any], source: str) -> _S:
+    """Validate, turning pydantic's report into one line that names the first bad key."""
+    try:
+        return cls.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise DqlrError(f"{source}: bad value for '{key}': {first['msg']}") from None
 
 
 class ModelConfig(_Strict):
@@ -37,7 +56,6 @@ class ModelConfig(_Strict):
     kmeans_init: bool = True
     dead_code_restart: bool = True
     dead_code_threshold: float = Field(0.5, ge=0.0)
-    condition: bool = False  # depth-aware mode: the encoder also sees the slice's degradation level
 
     @field_validator("downsample")
     @classmethod
@@ -86,39 +104,47 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0.0)
     val_windows: int = Field(16, ge=1)
     seed: int = 0
-    device: str = "auto"
-    mode: Literal["paper", "depth-aware"] = "paper"
-    amp: bool = True
-    num_threads: int = Field(0, ge=0)
+
+
+Mode = Literal["paper", "depth-aware"]
 
 
 class Config(_Strict):
-    """Everything needed to rebuild, train and apply a model."""
+    """Everything needed to rebuild, train and apply a model; saved with it.
 
+    `mode` is the one source of truth for depth conditioning: "paper" reproduces the observed
+    slices (the paper's loss alone); "depth-aware" also learns to undo the stack's own depth
+    degradation, and its encoder sees each slice's degradation level.
+    """
+
+    mode: Mode = "paper"
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     data: DataConfig = DataConfig()
     depth_aware: DepthAwareConfig = DepthAwareConfig()
     train: TrainConfig = TrainConfig()
 
+    @property
+    def conditioned(self) -> bool:
+        """Whether the encoder takes a degradation level (decided by the mode alone)."""
+        return self.mode == "depth-aware"
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, source: str = "config") -> Config:
-        try:
-            return cls.model_validate(values or {})
-        except ValidationError as error:
-            first = error.errors()[0]
-            key = ".".join(str(part) for part in first["loc"])
-            raise DqlrError(f"{source}: bad value for '{key}': {first['msg']}") from None
+        return _validated(cls, values or {}, source)
 
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
-        """Return a copy with dotted keys replaced, e.g. {"train.epochs": 3}."""
+        """Return a copy with dotted keys replaced, e.g. {"train.epochs": 3, "mode": "paper"}."""
         values = self.to_dict()
         for dotted, value in overrides.items():
             section, _, key = dotted.partition(".")
-            if section not in values or not key:
+            if not key and section in values and not isinstance(values[section], dict):
+                values[section] = value
+                continue
+            if section not in values or not key or not isinstance(values[section], dict):
                 raise DqlrError(f"config: unknown key '{dotted}'")
             values[section][key] = value
         return Config.from_dict(values, source="config override")
@@ -136,9 +162,45 @@ def load_config(path: str | Path | None) -> Config:
     except yaml.YAMLError as error:
         raise DqlrError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if values is not None and not isinstance(values, dict):
-        raise DqlrError(f"{path}: a config must be a mapping of sections (model, loss, data, train)")
+        raise DqlrError(f"{path}: a config must be a mapping of mode and sections (model, loss, data, train)")
     return Config.from_dict(values, source=str(path))
 
 
+def config_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text(path, config_yaml(config))
+
+
+class RunOptions(_Strict):
+    """How one training run executes on this machine; never saved with the model."""
+
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on the CPU
+    num_threads: int = Field(0, ge=0)  # CPU threads for this run; 0 keeps torch's count
+    progress: bool = True
+
+
+class EnhanceOptions(_Strict):
+    """How a stack is enhanced; the defaults suit a CPU and slices up to a few thousand pixels.
+
+    The CLI's defaults and help come from here, so they are stated once.
+    """
+
+    tile: int = Field(512, ge=16, description="tile size in pixels; halved automatically when out of memory")
+    overlap: int = Field(48, ge=0, description="pixels shared by neighbouring tiles")
+    batch_size: int = Field(4, ge=1, description="tiles per network call")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    predict_next: int = Field(0, ge=0, le=8, description="also give the predicted next N slices")
+
+    @classmethod
+    def of(cls, options: EnhanceOptions | None = None, **settings: Any) -> EnhanceOptions:
+        """Options with some settings replaced, validated; a bad value names its key in one line."""
+        values = (options or cls()).model_dump()
+        unknown = sorted(set(settings) - set(values))
+        if unknown:
+            raise DqlrError(f"enhance: unknown setting '{unknown[0]}'; use one of {', '.join(values)}")
+        values.update({k: v for k, v in settings.items() if v is not None})
+        return _validated(cls, values, "enhance")

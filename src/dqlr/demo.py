@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dqlr.enhance import enhance
+from dqlr.inference.enhance import enhance
 from dqlr.io import write_stack
-from dqlr.report import slice_figure
-from dqlr.simulate import simulate_plant
+from dqlr.reporting.figures import slice_figure
+from dqlr.simulation import simulate_plant
 
 
 def run_demo(out_dir: str | Path = "out/demo", device: str = "auto", seed: int = 2026) -> Path:

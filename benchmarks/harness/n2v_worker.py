@@ -1,13 +1,13 @@
 """Train and apply CAREamics Noise2Void; runs inside .venv-peers, never in dqlr's own environment.
 
 CAREamics pins torch/torchvision versions that clash with dqlr's, so it lives in its own virtualenv
-and dqlr.peers runs this file there on files. It may import only CAREamics (and what CAREamics
+and harness.peers runs this file there on files. It may import only CAREamics (and what CAREamics
 itself brings, such as torch), numpy, tifffile and the standard library, never dqlr.
 
-    python peers_n2v_worker.py job.json   # train + predict, writes the job's result file
-    python peers_n2v_worker.py --check    # import CAREamics and print the versions as JSON
+    python n2v_worker.py job.json   # train + predict, writes the job's result file
+    python n2v_worker.py --check    # import CAREamics and print the versions as JSON
 
-The last line on stderr of a failed run is a one-line error that dqlr.peers shows to the user.
+The last line on stderr of a failed run is a one-line error that harness.peers shows to the user.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: peers_n2v_worker.py JOB.json | --check", file=sys.stderr)
+        print("usage: n2v_worker.py JOB.json | --check", file=sys.stderr)
         return 2
     try:
         if argv[0] == "--check":

@@ -24,12 +24,16 @@ def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
 
 
 class DQLR(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """The network. `condition` (a depth-aware model, decided by Config.mode) gives the encoder each
+    slice's degradation level as a second input channel."""
+
+    def __init__(self, config: ModelConfig, condition: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.condition = condition
         c = config
         self.encoder = Encoder(
-            c.base_channels, c.latent_channels, c.downsample, c.res_blocks, 1 + int(c.condition)
+            c.base_channels, c.latent_channels, c.downsample, c.res_blocks, 1 + int(condition)
         )
         self.recurrent = make_cell(c.recurrent, c.latent_channels)
         self.quantizer = (
@@ -60,7 +64,7 @@ class DQLR(nn.Module):
         A conditioned (depth-aware) model also takes the degradation level of each slice (B,),
         given to the encoder as a constant second channel; 0 means "reproduce as observed".
         """
-        if self.config.condition:
+        if self.condition:
             if condition is None:
                 condition = slices.new_zeros(slices.shape[0])
             level = condition.to(slices.dtype)[:, None, None, None].expand_as(slices)
@@ -106,28 +110,3 @@ class DQLR(nn.Module):
         slices, vq_loss, stats = self.decode(codes.flatten(0, 1))
         slices = slices.reshape(b, t - 1, *slices.shape[-2:])[..., :h, :w]
         return slices, vq_loss, stats
-
-    @torch.no_grad()
-    def enhance_pair(
-        self,
-        current: Tensor,
-        above: Tensor | None,
-        predict: int = 0,
-        condition: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Inference on (B, 1, H, W) slices: the enhanced slice and, optionally, the predicted next."""
-        padded, (h, w) = pad_to_multiple(current, self.config.downsample)
-        latent = self.encode(padded, condition)
-        if above is None:
-            context = self.initial_state(latent)
-        else:
-            context = self.encode(pad_to_multiple(above, self.config.downsample)[0], condition)
-        codes = self.roll(latent, context, predict)
-        slices, _, _ = self.decode(torch.cat(codes, 0))
-        slices = slices[..., :h, :w]
-        enhanced = slices[: current.shape[0]]
-        predicted = None
-        if predict:
-            predicted = slices[current.shape[0] :].reshape(predict, *current.shape).transpose(0, 1)
-            predicted = predicted.squeeze(2)
-        return enhanced, predicted

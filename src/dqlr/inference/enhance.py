@@ -17,26 +17,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dqlr.checkpoint import LoadedModel, load_model
+from dqlr.config import EnhanceOptions
 from dqlr.errors import DqlrError
+from dqlr.inference.tiling import Blender, tile_grid
 from dqlr.io import check_finite, create_stack_writer, read_stack, stack_format
 from dqlr.model import pad_to_multiple
+from dqlr.model.checkpoint import LoadedModel, load_model
 from dqlr.normalize import Normalization, denormalize, fit_normalization, normalize
-from dqlr.tiling import Blender, tile_grid
-from dqlr.train import fast_cpu_math, pick_device
+from dqlr.runtime import fast_math, pick_device
 
 ModelLike = LoadedModel | str | Path | None
-
-
-@dataclass
-class EnhanceOptions:
-    """Inference settings; the defaults suit a CPU and slices up to a few thousand pixels."""
-
-    tile: int = 512
-    overlap: int = 48
-    batch_size: int = 4
-    device: str = "auto"
-    predict_next: int = 0
 
 
 def as_model(model: ModelLike, device: str = "auto") -> LoadedModel:
@@ -65,7 +55,6 @@ def iter_enhanced(
     most a quarter tile), and the run goes on with the smaller setting.
     """
     network, device = model.network, model.device
-    fast_cpu_math()
     depth, height, width = stack.shape
     align = network.config.downsample
     tile = max(options.tile // align * align, align)
@@ -82,13 +71,14 @@ def iter_enhanced(
             level = None if levels is None else float(levels[z])
             while True:
                 try:
-                    if above is None:  # new tile grid: the slice above's latents on it
-                        level_above = None if levels is None else float(levels[z - 1])
-                        image = torch.from_numpy(previous).to(device)
-                        above = _encode_tiles(network, image, regions, level_above, batch_size)
-                    enhanced, predicted, latents = _enhance_slice(
-                        network, current, regions, above, level, batch_size, overlap, options.predict_next
-                    )
+                    with fast_math():  # flushes denormals for this slice only
+                        if above is None:  # new tile grid: the slice above's latents on it
+                            level_above = None if levels is None else float(levels[z - 1])
+                            image = torch.from_numpy(previous).to(device)
+                            above = _encode_tiles(network, image, regions, level_above, batch_size)
+                        enhanced, predicted, latents = _enhance_slice(
+                            network, current, regions, above, level, batch_size, overlap, options.predict_next
+                        )
                     break
                 except RuntimeError as error:
                     if not is_out_of_memory(error):
@@ -203,7 +193,7 @@ def _check_stack(stack: Any, name: str) -> None:
 
 def degradation_levels(stack: Any, model: LoadedModel) -> np.ndarray | None:
     """Per-slice condition of a depth-aware model: the stack's own estimated extra blur by depth."""
-    if not model.config.model.condition:
+    if not model.config.conditioned:
         return None
     from dqlr.degradation import estimate_degradation
 
@@ -227,30 +217,26 @@ def fit_stack_normalization(stack: Any, model: LoadedModel) -> Normalization:
 def enhance(
     stack: np.ndarray,
     model: ModelLike = None,
+    options: EnhanceOptions | None = None,
     *,
-    tile: int = 512,
-    overlap: int = 48,
-    batch_size: int = 4,
-    device: str = "auto",
     progress: bool = False,
+    **settings: Any,
 ) -> np.ndarray:
     """Enhance a ZYX stack in memory; returns a stack of the same shape and dtype.
 
-    >>> from dqlr import simulate_plant, enhance
-    >>> plant = simulate_plant(shape=(8, 64, 64))
-    >>> enhance(plant.observed).shape
-    (8, 64, 64)
+    `model`: a LoadedModel, a checkpoint path, a shipped model's name, or None for the shipped
+    default. Settings of EnhanceOptions (tile, overlap, batch_size, device, predict_next) may be
+    given as keywords; predictions of the next slices are only written by enhance_file.
     """
     _check_stack(stack, "input stack")
-    loaded = as_model(model, device)
-    options = EnhanceOptions(tile, overlap, batch_size, device)
+    options = EnhanceOptions.of(options, **settings).model_copy(update={"predict_next": 0})
+    loaded = as_model(model, options.device)
     norm = fit_stack_normalization(stack, loaded)
     out = np.empty(stack.shape, stack.dtype)
-    bar = tqdm(total=stack.shape[0], desc="enhance", unit="slice", disable=not progress)
     levels = degradation_levels(stack, loaded)
-    for z, (slice_, _) in enumerate(iter_enhanced(stack, loaded, norm, options, bar, levels)):
-        out[z] = denormalize(slice_, norm, stack.dtype)
-    bar.close()
+    with tqdm(total=stack.shape[0], desc="enhance", unit="slice", disable=not progress) as bar:
+        for z, (slice_, _) in enumerate(iter_enhanced(stack, loaded, norm, options, bar, levels)):
+            out[z] = denormalize(slice_, norm, stack.dtype)
     return out
 
 

@@ -2,7 +2,7 @@
 
 Noise2Void comes from the real CAREamics. CAREamics 0.3.5 pins torchvision <= 0.26, which would pull
 torch 2.11 (a multi-GB CUDA build) into dqlr's environment, so it is installed on first use into
-.venv-peers/ beside .venv/ and driven as a subprocess (peers_n2v_worker.py) on files.
+.venv-peers/ beside .venv/ and driven as a subprocess (n2v_worker.py) on files.
 
 The recipe keeps that environment light: the same torch 2.13.0 as dqlr (the CPU build where one is
 at hand), the torchvision made for it (0.28.0) and CAREamics without its torchvision pin, then the
@@ -33,7 +33,7 @@ TORCH = "torch==2.13.0"  # dqlr's own torch, the CPU build where the machine has
 TORCHVISION = "torchvision==0.28.0"  # the torchvision released for torch 2.13
 CAREAMICS = "careamics==0.3.5"
 RECIPE = f"light-1: {TORCH} + {TORCHVISION} + {CAREAMICS} --no-deps + its requirements but torchvision"
-WORKER = Path(__file__).with_name("peers_n2v_worker.py")
+WORKER = Path(__file__).with_name("n2v_worker.py")
 
 
 def default_root() -> Path:

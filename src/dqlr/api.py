@@ -1,0 +1,156 @@
+"""The public Python API: eight functions of the same shape as the `dqlr` commands.
+
+Each function imports its working module on first call, so `import dqlr` stays fast and a name
+here never stands for a module (`dqlr.enhance` is always this function).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dqlr.config import Config, EnhanceOptions, RunOptions
+
+if TYPE_CHECKING:
+    from dqlr.degradation import DepthDegradation
+    from dqlr.io import Stack
+    from dqlr.model.checkpoint import LoadedModel
+    from dqlr.simulation import Optics, SimulatedPlant
+    from dqlr.training.trainer import TrainResult
+
+PathLike = str | Path
+StackLike = str | Path | np.ndarray
+
+
+def read_stack(
+    path: PathLike, channel: int | None = None, timepoint: int | None = None, lazy: bool = False
+) -> Stack:
+    """Read one z-stack (TIFF, OME-TIFF, Zarr) as ZYX with its voxel size in µm.
+
+    Multi-channel or time-lapse files need `channel` / `timepoint`; `lazy=True` reads a slice only
+    when it is indexed (memory-mapped TIFF or Zarr chunks).
+    """
+    from dqlr.io import read_stack as _read_stack
+
+    return _read_stack(path, channel=channel, timepoint=timepoint, lazy=lazy)
+
+
+def write_stack(
+    path: PathLike,
+    data: np.ndarray,
+    voxel_size: tuple[float, float, float] | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a ZYX stack atomically in the format its suffix names, keeping dtype and voxel size."""
+    from dqlr.io import write_stack as _write_stack
+
+    return _write_stack(path, data, voxel_size=voxel_size, force=force)
+
+
+def simulate(
+    shape: tuple[int, int, int] = (48, 256, 256),
+    voxel_size: tuple[float, float, float] = (1.0, 0.25, 0.25),
+    seed: int = 0,
+    noise: float = 1.0,
+    degradation: float = 1.0,
+    optics: Optics | None = None,
+    dtype: str = "uint16",
+) -> SimulatedPlant:
+    """Simulate a SAM membrane stack: .observed (degraded), .clean, .labels and the true degradation."""
+    from dqlr.simulation import simulate_plant
+
+    return simulate_plant(
+        shape=shape,
+        voxel_size=voxel_size,
+        seed=seed,
+        noise=noise,
+        degradation=degradation,
+        optics=optics,
+        dtype=dtype,
+    )
+
+
+def estimate(
+    stack: np.ndarray | Stack,
+    voxel_size: tuple[float, float, float] | None = None,
+    reference_fraction: float | None = None,
+) -> DepthDegradation:
+    """Estimate how the stack degrades with depth (blur, halo, attenuation, noise), from it alone.
+
+    The default reference fraction is the one depth-aware models are trained and applied with, so
+    the curves shown are the ones a model is conditioned on.
+    """
+    from dqlr.degradation import estimate_degradation
+
+    if reference_fraction is None:
+        reference_fraction = Config().depth_aware.reference_fraction
+    return estimate_degradation(stack, voxel_size=voxel_size, reference_fraction=reference_fraction)
+
+
+def train(
+    train_stacks: Sequence[StackLike],
+    run_dir: PathLike,
+    config: Config | None = None,
+    val_stack: StackLike | None = None,
+    resume: bool = False,
+    run: RunOptions | None = None,
+    stop_after_epochs: int | None = None,
+) -> TrainResult:
+    """Train a DQLR model on noisy stacks alone, into `run_dir` (checkpoints, metrics, curves.png).
+
+    `config` is what the model is (saved with it); `run` how this run executes (device, threads,
+    progress; never saved). `resume=True` continues the run in `run_dir` exactly.
+    """
+    from dqlr.reporting.figures import CurvePlotter
+    from dqlr.training.trainer import train as _train
+
+    return _train(
+        train_stacks,
+        run_dir,
+        config,
+        val_stack=val_stack,
+        resume=resume,
+        run=run,
+        stop_after_epochs=stop_after_epochs,
+        callbacks=[CurvePlotter(Path(run_dir) / "curves.png")],
+    )
+
+
+def enhance(
+    stack: np.ndarray,
+    model: LoadedModel | str | Path | None = None,
+    options: EnhanceOptions | None = None,
+    *,
+    progress: bool = False,
+    **settings: Any,
+) -> np.ndarray:
+    """Enhance a ZYX stack; returns a stack of the same shape and dtype.
+
+    `model`: None (the shipped default), a shipped model's name ("paper", "depth-aware", ...), a
+    checkpoint path, or a model from load_model(). Keywords set EnhanceOptions (tile, overlap,
+    batch_size, device).
+    """
+    from dqlr.inference.enhance import enhance as _enhance
+
+    return _enhance(stack, model, options, progress=progress, **settings)
+
+
+def evaluate(
+    result: np.ndarray, reference: np.ndarray | None = None, input: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Quality by depth: PSNR/SSIM against a clean reference if given, and always sharpness,
+    membrane contrast and noise; with `input`, the gain over it per third of the stack."""
+    from dqlr.evaluation.metrics import evaluate as _evaluate
+
+    return _evaluate(result, reference, input)
+
+
+def load_model(path: PathLike | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a model file (or a shipped model by name; None for the default) for inference."""
+    from dqlr.model.checkpoint import load_model as _load_model
+    from dqlr.runtime import pick_device
+
+    return _load_model(path, device=pick_device(device))

@@ -1,0 +1,1 @@
+"""Judging results: metrics by depth (with or without a clean reference) and classical baselines."""

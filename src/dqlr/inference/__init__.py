@@ -1,0 +1,1 @@
+"""Applying a trained model to whole stacks: tiles, streaming, several files."""

@@ -1,0 +1,187 @@
+"""Self-describing, safe checkpoints: weights + config + normalisation, written atomically.
+
+A checkpoint holds only tensors and plain settings (numbers, strings, lists, dicts), so it is read
+with `torch.load(weights_only=True)`: a file someone hands you cannot run code when loaded. It
+never holds absolute paths. A training checkpoint also holds the Trainer's state (optimiser,
+schedule, sampler, random streams) so that a resumed run continues exactly; `export_model` drops it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dqlr.atomic import atomic_path
+from dqlr.config import Config
+from dqlr.errors import DqlrError
+from dqlr.model.network import DQLR
+
+FORMAT = "dqlr-checkpoint"
+VERSION = 2  # 2: config split (mode at the top, no run options), weights_only-safe, no paths
+# Models shipped in the package (scripts/train_default_model.py made them); "default" names the one
+# used when no --model is given: the variant that won benchmarks/quality.py.
+SHIPPED = {
+    "paper": "dqlr_paper.pt",
+    "noquant": "dqlr_noquant.pt",
+    "depth-aware": "dqlr_depth_aware.pt",
+}
+DEFAULT_MODEL = "depth-aware"
+MODEL_KEYS = ("config", "model", "normalization", "epoch", "step", "metrics")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference, with the config and facts it was trained with."""
+
+    network: DQLR
+    config: Config
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+
+def shipped_choices() -> str:
+    return ", ".join(["default", *SHIPPED])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """torch.save to a temp file beside `path`, then rename: a crash never leaves half a file."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    return Path(path)
+
+
+def _load_plain(path: Path) -> dict[str, Any]:
+    """torch.load that accepts tensors and plain data only; every failure is one DqlrError line."""
+    if not path.is_file():
+        raise DqlrError(
+            f"{path}: model file not found; give a .pt file or a shipped model: {shipped_choices()}"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error) or "global" in str(error).lower():
+            raise DqlrError(
+                f"{path}: refused: it holds Python objects, not only weights and settings; "
+                "dqlr loads plain model files only (not a dqlr model, or one to distrust)"
+            ) from None
+        raise DqlrError(
+            f"{path}: not a dqlr model file (unreadable: {str(error).splitlines()[0][:100]})"
+        ) from None
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise DqlrError(f"{path}: not a dqlr model file ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DqlrError(f"{path}: not a dqlr model file (train one with `dqlr train`)")
+    return state
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents, after checking it is a dqlr checkpoint of this format."""
+    path = Path(path)
+    state = _load_plain(path)
+    version = state.get("version", 0)
+    if version > VERSION:
+        raise DqlrError(f"{path}: made by a newer dqlr (format {version}); upgrade dqlr")
+    if version < VERSION:
+        raise DqlrError(
+            f"{path}: made by an older dqlr (format {version}); convert it once with "
+            f"`dqlr convert {path} -o NEW.pt`"
+        )
+    return state
+
+
+def _config_from_v1(values: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 kept run options in the config and the mode twice; format 2 has one `mode`."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    train = values.get("train", {})
+    mode = train.pop("mode", "paper")
+    for run_option in ("device", "amp", "num_threads"):
+        train.pop(run_option, None)
+    condition = values.get("model", {}).pop("condition", mode == "depth-aware")
+    values["mode"] = "depth-aware" if condition else "paper"
+    return values
+
+
+def _without_paths(normalization: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Keep only the file name of each training stack: a model must not carry its maker's paths."""
+    if not normalization:
+        return normalization
+    stacks = [
+        {**s, "name": Path(str(s.get("name", ""))).name} for s in normalization.get("training_stacks", [])
+    ]
+    return {**normalization, "training_stacks": stacks}
+
+
+def convert_checkpoint(old: str | Path, new: str | Path, force: bool = False) -> Path:
+    """Rewrite a format-1 model file in today's format (weights unchanged, run options and paths
+    dropped). The old file is read with weights_only=True too, so converting is safe."""
+    old, new = Path(old), Path(new)
+    if new.exists() and not force:
+        raise DqlrError(f"{new}: exists; pass --force to overwrite")
+    if new.resolve() == old.resolve():
+        raise DqlrError(f"{new}: is the input; write the converted model to another path")
+    state = _load_plain(old)
+    if state.get("version") != 1:
+        raise DqlrError(f"{old}: format {state.get('version')}; only format 1 needs converting")
+    config = Config.from_dict(_config_from_v1(state["config"]), source=str(old))
+    converted = {k: state[k] for k in MODEL_KEYS if k in state}
+    converted["config"] = config.to_dict()
+    converted["normalization"] = _without_paths(state.get("normalization"))
+    return save_checkpoint(new, converted)
+
+
+def export_model(checkpoint: str | Path, path: str | Path) -> Path:
+    """Copy a training checkpoint without the Trainer's state: a small file to share."""
+    state = read_checkpoint(checkpoint)
+    return save_checkpoint(path, {k: state[k] for k in MODEL_KEYS if k in state})
+
+
+def shipped_model_path(name: str = "default") -> Path:
+    """Path of a model shipped inside the package: "default" or one of SHIPPED."""
+    name = DEFAULT_MODEL if name == "default" else name
+    if name not in SHIPPED:
+        raise DqlrError(f"unknown shipped model '{name}'; choose one of {shipped_choices()}")
+    path = Path(str(resources.files("dqlr") / "weights" / SHIPPED[name]))
+    if not path.is_file():
+        raise DqlrError(f"{path}: shipped model missing; reinstall dqlr or pass --model")
+    return path
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """A file path as given, or the file of a shipped model named "default", "paper", ..."""
+    if path is None:
+        return shipped_model_path("default")
+    if (str(path) in SHIPPED or str(path) == "default") and not Path(path).exists():
+        return shipped_model_path(str(path))
+    return Path(path)
+
+
+def build_network(config: Config) -> DQLR:
+    """The untrained network a config describes (the mode decides its depth conditioning)."""
+    return DQLR(config.model, condition=config.conditioned)
+
+
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint (or a shipped model by name, the default when None) for inference."""
+    path = resolve_model_path(path)
+    state = read_checkpoint(path)
+    config = Config.from_dict(state["config"], source=str(path))
+    network = build_network(config)
+    try:
+        network.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as error:
+        first = str(error).splitlines()[0][:120]
+        raise DqlrError(f"{path}: weights do not match its config ({first})") from None
+    network.to(device).eval()
+    meta = {k: state.get(k) for k in ("epoch", "step", "normalization", "metrics")}
+    meta["mode"] = config.mode
+    return LoadedModel(network=network, config=config, meta=meta, path=str(path))

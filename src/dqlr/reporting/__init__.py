@@ -1,0 +1,1 @@
+"""Pictures and the HTML report; the only layer that draws."""

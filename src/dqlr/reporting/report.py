@@ -1,0 +1,142 @@
+"""One self-contained HTML page comparing results by depth, with its figures inlined."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from dqlr.atomic import write_text
+from dqlr.reporting.figures import depth_plot, slice_figure
+
+
+def _png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _table_html(rows: list[dict[str, object]]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{v:.3f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>"
+            for v in row.values()
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def build_report(
+    stacks: Mapping[str, np.ndarray],
+    path: str | Path,
+    reference: np.ndarray | None = None,
+    settings: Mapping[str, object] | None = None,
+    title: str = "dqlr report",
+    pairs: Mapping[str, tuple[str, str]] | None = None,
+) -> Path:
+    """One self-contained HTML file (PNG figures inlined) comparing stacks of the same scene.
+
+    `stacks` maps a method name to its stack; the first is taken as the input. `pairs` adds
+    two-column figures such as {"without vs with quantization": ("ablation", "DQLR")}. With a clean
+    `reference`, PSNR and SSIM by depth are shown; the no-reference measures always are.
+    """
+    from dqlr.evaluation.metrics import no_reference, per_slice, thirds
+
+    path = Path(path)
+    names = list(stacks)
+    first = names[0]
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    rows = []
+    for name, stack in stacks.items():
+        values = dict(no_reference(stack))
+        if reference is not None:
+            values = {**per_slice(stack, reference), **values}
+        curves[name] = values
+        row: dict[str, object] = {"method": name}
+        for measure, per_depth in values.items():
+            parts = thirds(per_depth)
+            row[f"{measure} top"] = parts["top"]
+            row[f"{measure} deep"] = parts["deep"]
+        rows.append(row)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        figures = {
+            "Input and DQLR at the top, middle and deepest slice (zoomed insets)": slice_figure(
+                {n: stacks[n] for n in names[:2]}, tmp_dir / "fig3.png", per_slice_contrast=True
+            ),
+        }
+        for caption, (left, right) in (pairs or {}).items():
+            figures[caption] = slice_figure(
+                {left: stacks[left], right: stacks[right]},
+                tmp_dir / f"pair{len(figures)}.png",
+                per_slice_contrast=True,
+            )
+        side = dict(stacks)
+        if reference is not None:
+            side["clean reference"] = reference
+        figures["All methods side by side"] = slice_figure(side, tmp_dir / "all.png", per_slice_contrast=True)
+        figures["Quality by depth"] = depth_plot(curves, tmp_dir / "depth.png")
+        sections = "".join(
+            f"<figure><img alt='{html.escape(c)}' src='{_png_data_uri(p)}'>"
+            f"<figcaption>{html.escape(c)}</figcaption></figure>"
+            for c, p in figures.items()
+        )
+    settings_html = _table_html(
+        [{"setting": k, "value": json.dumps(v, default=str)} for k, v in (settings or {}).items()]
+    )
+    note = (
+        "PSNR/SSIM after a least-squares affine fit to the clean reference. "
+        if reference is not None
+        else "No clean reference: sharpness, membrane contrast and noise level by depth. "
+    )
+    document = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #bbb;padding:3px 6px}}
+img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>Input: <b>{html.escape(first)}</b>. {note}Top and deep are the mean over the top and the
+deepest third of the slices.</p>
+<h2>Summary</h2>{_table_html(rows)}
+<h2>Figures</h2>{sections}
+<h2>Settings</h2>{settings_html or "<p>none given</p>"}
+<script>window.addEventListener("load",function(){{var n=0;document.querySelectorAll("img")
+.forEach(function(i){{if(i.complete&&i.naturalWidth>0)n++;}});
+document.body.setAttribute("data-images-rendered",n);}});</script>
+</body></html>
+"""
+    return write_text(path, document)
+
+
+def report_files(
+    input_path: str | Path,
+    results: Mapping[str, str | Path],
+    output: str | Path,
+    reference: str | Path | None = None,
+    force: bool = False,
+    title: str = "dqlr report",
+) -> Path:
+    """Read the input, each named result and an optional clean reference; write the HTML report."""
+    from dqlr.errors import DqlrError
+    from dqlr.io import read_stack
+
+    output = Path(output)
+    if output.exists() and not force:
+        raise DqlrError(f"{output}: exists; pass --force to overwrite")
+    stacks = {"input": read_stack(input_path).data}
+    for name, result in results.items():
+        stacks[name] = read_stack(result).data
+    clean = read_stack(reference).data if reference is not None else None
+    for name, stack in {**stacks, **({"reference": clean} if clean is not None else {})}.items():
+        if stack.shape != stacks["input"].shape:
+            raise DqlrError(f"{name}: shape {stack.shape} differs from the input's {stacks['input'].shape}")
+    return build_report(stacks, output, clean, title=title)

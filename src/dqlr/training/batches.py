@@ -1,0 +1,83 @@
+"""Training and validation batches: windows of the stacks and, in depth-aware mode, degraded pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dqlr.config import Config
+from dqlr.degradation import estimate_degradation
+from dqlr.normalize import Normalization
+from dqlr.training.data import PairSampler, WindowSampler
+
+
+@dataclass
+class Batch:
+    """Network inputs (B, T, H, W), loss targets (B, T-1, H, W), top flags and condition levels."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    tops: torch.Tensor
+    condition: torch.Tensor | None
+
+    def join(self, other: Batch) -> Batch:
+        def levels(b: Batch) -> torch.Tensor:
+            return b.condition if b.condition is not None else torch.zeros(b.inputs.shape[0])
+
+        return Batch(
+            torch.cat([self.inputs, other.inputs]),
+            torch.cat([self.targets, other.targets]),
+            torch.cat([self.tops, other.tops]),
+            torch.cat([levels(self), levels(other)]),
+        )
+
+    def to(self, device: torch.device) -> Batch:
+        condition = None if self.condition is None else self.condition.to(device)
+        return Batch(self.inputs.to(device), self.targets.to(device), self.tops.to(device), condition)
+
+    def part(self, start: int, stop: int) -> Batch:
+        condition = None if self.condition is None else self.condition[start:stop]
+        return Batch(self.inputs[start:stop], self.targets[start:stop], self.tops[start:stop], condition)
+
+
+def window_batch(windows: torch.Tensor, tops: torch.Tensor) -> Batch:
+    """Self-supervised windows: slice 0 is the context, every later slice its own target."""
+    return Batch(windows, windows[:, 1:], tops, None)
+
+
+def pair_sampler(stacks: list[Any], norms: list[Normalization], config: Config) -> PairSampler:
+    """Estimate each stack's degradation by depth (from the stack alone) and sample pairs from it."""
+    settings = config.depth_aware
+    degradations = [estimate_degradation(s, reference_fraction=settings.reference_fraction) for s in stacks]
+    return PairSampler(
+        stacks,
+        norms,
+        degradations,
+        length=config.model.predict_next + 2,
+        crop=config.data.crop,
+        scale_px=settings.condition_scale_px,
+        target_smoothing_px=settings.target_smoothing_px,
+        augment=config.data.augment,
+    )
+
+
+def pair_batch(pairs: PairSampler, count: int, rng: np.random.Generator) -> Batch:
+    inputs, targets, levels = pairs.sample(count, rng)
+    return Batch(inputs, targets[:, 1:], torch.zeros(count, dtype=torch.bool), levels)
+
+
+def training_batch(sampler: WindowSampler, pairs: PairSampler | None, config: Config) -> Batch:
+    """One batch: windows, plus (depth-aware mode) a share of degraded pairs."""
+    size = config.train.batch_size
+    count = 0 if pairs is None else int(round(size * config.depth_aware.pair_fraction))
+    batch = None
+    if size - count > 0:
+        batch = window_batch(*sampler.sample(size - count))
+    if pairs is not None and count:
+        paired = pair_batch(pairs, count, sampler.rng)
+        batch = paired if batch is None else batch.join(paired)
+    assert batch is not None
+    return batch

@@ -1,0 +1,330 @@
+"""Self-supervised DQLR training: a small Trainer whose whole state round-trips, and `train`.
+
+The Trainer owns the model, optimiser, schedule, samplers and random streams; `state_dict()` /
+`load_state_dict()` carry all of them, so a resumed run continues exactly (CPU and CUDA). Writing
+checkpoints, logs and plots is the job of callbacks (dqlr.training.callbacks), not of the loop.
+Everything that touches process-wide torch state (random streams, denormals, threads) happens
+inside scoped contexts and is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dqlr.config import Config, RunOptions
+from dqlr.errors import DqlrError
+from dqlr.io import read_stack
+from dqlr.model.checkpoint import build_network, read_checkpoint
+from dqlr.normalize import Normalization, fit_normalization
+from dqlr.runtime import fast_math, pick_device, random_state, seeded, set_random_state
+from dqlr.training.batches import Batch, pair_batch, pair_sampler, training_batch, window_batch
+from dqlr.training.callbacks import Callback, CheckpointWriter, CsvLogger, EpochPrinter
+from dqlr.training.data import PairSampler, WindowSampler
+from dqlr.training.losses import dqlr_loss
+
+StackLike = str | Path | np.ndarray
+VAL_WINDOW_SEED, VAL_PAIR_SEED = 12345, 54321  # fixed validation windows: comparable across epochs
+
+
+@dataclass
+class TrainingStack:
+    data: Any
+    norm: Normalization
+    name: str  # the file name only: checkpoints never hold a machine's paths
+
+
+def load_training_stack(stack: StackLike, config: Config) -> TrainingStack:
+    """A stack (path or array) read lazily, with its per-stack normalisation."""
+    if isinstance(stack, np.ndarray):
+        data, name = stack, "array"
+    else:
+        data, name = read_stack(stack, lazy=True).data, Path(stack).name
+    norm = fit_normalization(data, config.data.percentile_low, config.data.percentile_high)
+    return TrainingStack(data, norm, name)
+
+
+def _lr_factor(config: Config) -> Any:
+    """Linear warm-up, then cosine decay to 5 % of the learning rate."""
+    total = config.train.epochs * config.train.steps_per_epoch
+    warmup = min(config.train.warmup_steps, total // 2)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+class Trainer:
+    """Trains one DQLR network on noisy stacks alone; validation on a separate stack."""
+
+    def __init__(
+        self,
+        config: Config,
+        train_stacks: Sequence[StackLike],
+        val_stack: StackLike,
+        run: RunOptions | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.config, self.run = config, run or RunOptions()
+        self.callbacks = list(callbacks)
+        self.device = pick_device(self.run.device)
+        self.stacks = [load_training_stack(s, config) for s in train_stacks]
+        self.val = load_training_stack(val_stack, config)
+        self._build_data()
+        with seeded(config.train.seed):
+            self.network = build_network(config).to(self.device)
+            self.random = random_state()
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.network.parameters() if p.requires_grad],
+            lr=config.train.learning_rate,
+            weight_decay=config.train.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config))
+        use_amp = self.run.amp and self.device.type == "cuda"
+        bf16 = use_amp and torch.cuda.is_bf16_supported()
+        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        self.use_amp = use_amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not bf16)
+        self.epoch, self.step = 0, 0
+        self.history: list[dict[str, float]] = []
+        self.best_metric = math.inf
+
+    def _build_data(self) -> None:
+        config = self.config
+        kwargs = dict(
+            targets=config.model.predict_next + 1,
+            crop=config.data.crop,
+            augment=config.data.augment,
+            top_probability=config.data.top_state_probability,
+        )
+        try:
+            self.sampler = WindowSampler(
+                [s.data for s in self.stacks], [s.norm for s in self.stacks], seed=config.train.seed, **kwargs
+            )
+            val_sampler = WindowSampler([self.val.data], [self.val.norm], seed=0, **kwargs)
+        except ValueError as error:
+            raise DqlrError(f"train: {error}; use a smaller model.predict_next") from None
+        self.val_batch = window_batch(
+            *val_sampler.fixed_windows(config.train.val_windows, seed=VAL_WINDOW_SEED)
+        )
+        self.pairs: PairSampler | None = None
+        if config.conditioned:
+            self.pairs = pair_sampler([s.data for s in self.stacks], [s.norm for s in self.stacks], config)
+            val_pairs = pair_sampler([self.val.data], [self.val.norm], config)
+            rng = np.random.default_rng(VAL_PAIR_SEED)
+            self.val_batch = self.val_batch.join(pair_batch(val_pairs, config.train.val_windows, rng))
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs, as tensors and plain data (weights_only-safe)."""
+        return {
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "random": self.random,
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": [dict(row) for row in self.history],
+            "best_metric": self.best_metric,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.random = state["random"]
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history = [dict(row) for row in state["history"]]
+        self.best_metric = float(state["best_metric"])
+
+    @contextmanager
+    def _scoped(self) -> Iterator[None]:
+        """Own random streams and fast CPU math for the block; the caller's are restored after."""
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices), fast_math(self.run.num_threads):
+            set_random_state(self.random)
+            try:
+                yield
+            finally:
+                self.random = random_state()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, max_epochs: int | None = None) -> list[dict[str, float]]:
+        """Train until config.train.epochs (or `max_epochs` more epochs); returns the history."""
+        for callback in self.callbacks:
+            callback.on_start(self)
+        done = 0
+        while self.epoch < self.config.train.epochs and (max_epochs is None or done < max_epochs):
+            with self._scoped():
+                row = self._epoch()
+            is_best = row["val_loss"] < self.best_metric
+            self.best_metric = min(self.best_metric, row["val_loss"])
+            self.history.append(row)
+            done += 1
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, row, is_best)
+        return self.history
+
+    def _epoch(self) -> dict[str, float]:
+        started = time.perf_counter()
+        steps = self.config.train.steps_per_epoch
+        sums: dict[str, float] = {}
+        self.network.train()
+        bar = tqdm(
+            range(steps),
+            desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
+            disable=not self.run.progress,
+            leave=False,
+        )
+        for _ in bar:
+            for key, value in self._step().items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{sums['train_loss'] / (bar.n + 1):.4f}")
+        self.epoch += 1
+        row: dict[str, float] = {"epoch": self.epoch, "step": self.step}
+        row.update({k: v / steps for k, v in sums.items()})
+        row.update(self.validate())
+        quantizer = self.network.quantizer
+        if quantizer is not None:
+            row["dead_codes"] = float((quantizer.cluster_size < quantizer.dead_code_threshold).sum())
+        row["lr"] = self.scheduler.get_last_lr()[0]
+        row["seconds"] = time.perf_counter() - started
+        return row
+
+    def _step(self) -> dict[str, float]:
+        batch = training_batch(self.sampler, self.pairs, self.config).to(self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            outputs, vq_loss, stats = self.network(batch.inputs, batch.tops, batch.condition)
+        loss, parts = dqlr_loss(outputs, batch.targets, vq_loss, self.config.loss)
+        if not torch.isfinite(loss):
+            raise DqlrError(
+                f"train: loss became {float(loss)} at step {self.step}; lower the learning rate "
+                "(train.learning_rate)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return {"train_loss": float(loss.detach()), **parts, **stats}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation loss and PSNR of the reconstructed slice against its target (data range 1)."""
+        self.network.eval()
+        size = self.config.train.batch_size
+        losses, mses, stats_sum = [], [], {}
+        for start in range(0, self.val_batch.inputs.shape[0], size):
+            part: Batch = self.val_batch.part(start, start + size).to(self.device)
+            outputs, vq_loss, stats = self.network(part.inputs, part.tops, part.condition)
+            loss, _ = dqlr_loss(outputs, part.targets, vq_loss, self.config.loss)
+            losses.append(float(loss))
+            mses.append(float(((outputs[:, 0].float() - part.targets[:, 0]) ** 2).mean()))
+            for key, value in stats.items():
+                stats_sum[key] = stats_sum.get(key, 0.0) + value
+        self.network.train()
+        result = {"val_loss": float(np.mean(losses)), "val_psnr": float(-10 * np.log10(np.mean(mses)))}
+        result.update({f"val_{k}": v / len(losses) for k, v in stats_sum.items()})
+        return result
+
+    def normalization_record(self) -> dict[str, Any]:
+        """How intensities were normalised (per stack), saved with the model."""
+        data = self.config.data
+        return {
+            "percentile_low": data.percentile_low,
+            "percentile_high": data.percentile_high,
+            "per_stack": True,
+            "training_stacks": [{"name": s.name, **s.norm.to_dict()} for s in self.stacks],
+        }
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    last: Path
+    best: Path
+    history: list[dict[str, float]]
+
+
+def _resume_config(run_dir: Path, config: Config | None) -> tuple[Config, dict[str, Any]]:
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise DqlrError(f"{last}: nothing to resume; train without --resume first")
+    state = read_checkpoint(last)
+    saved = Config.from_dict(state["config"], source=str(last))
+    if "trainer" not in state:
+        raise DqlrError(f"{last}: holds a model without its training state; it cannot be resumed")
+    if config is not None and config != saved:
+        raise DqlrError(
+            f"{run_dir}: --resume continues with the run's saved config; drop --config, --set, --epochs "
+            "and --mode (they would be ignored), or train into a new --out"
+        )
+    return saved, state
+
+
+def train(
+    train_stacks: Sequence[StackLike],
+    run_dir: str | Path,
+    config: Config | None = None,
+    val_stack: StackLike | None = None,
+    resume: bool = False,
+    run: RunOptions | None = None,
+    stop_after_epochs: int | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train DQLR on noisy stacks alone; writes last.pt, best.pt, config.yaml and metrics.csv.
+
+    Validation uses `val_stack`; without one, the last of several training stacks is held out (split
+    by stack, never by slice); a single stack is then used for both, which the log says.
+    `stop_after_epochs` ends this call early (a time-boxed run) and `resume=True` picks it up; a
+    resumed run refuses a config that differs from the saved one. `run` says how to execute (device,
+    threads, mixed precision, progress); it is never saved. With config.mode "depth-aware", part of
+    every batch is pairs made by degrading the sharp upper slices of each training stack like its
+    deeper ones (see dqlr.degradation).
+    """
+    run_dir, run = Path(run_dir), run or RunOptions()
+    if not train_stacks:
+        raise DqlrError("train: no training stacks given")
+    state = None
+    if resume:
+        config, state = _resume_config(run_dir, config)
+    else:
+        config = config or Config()
+        if (run_dir / "last.pt").exists():
+            raise DqlrError(f"{run_dir}: already holds a run; pass --resume or another --out")
+    stacks, note = list(train_stacks), ""
+    if val_stack is None and len(stacks) > 1:
+        val_stack, stacks = stacks[-1], stacks[:-1]
+    elif val_stack is None:
+        val_stack, note = stacks[0], " (single stack: validated on its own slices)"
+    writers: list[Callback] = [CheckpointWriter(run_dir), CsvLogger(run_dir / "metrics.csv"), *callbacks]
+    if run.progress:
+        writers.append(EpochPrinter())
+    trainer = Trainer(config, stacks, val_stack, run, writers)
+    if state is not None:
+        trainer.load_state_dict({**state["trainer"], "model": state["model"]})
+    elif run.progress:
+        tqdm.write(f"dqlr train: {len(stacks)} training stack(s), validation on {trainer.val.name}{note}")
+    trainer.fit(stop_after_epochs)
+    return TrainResult(run_dir, run_dir / "last.pt", run_dir / "best.pt", trainer.history)

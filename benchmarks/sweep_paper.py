@@ -66,17 +66,14 @@ def run_variant(
     validation plant. A plain function so a process pool (or a Dask task) can call it."""
     import json as _json
 
-    import torch
-
-    from dqlr.config import Config
+    from dqlr.config import Config, RunOptions
     from dqlr.evaluation.metrics import per_slice, thirds
     from dqlr.inference.enhance import enhance
     from dqlr.io import read_stack
     from dqlr.model.checkpoint import load_model
-    from dqlr.training.trainer import pick_device, train
+    from dqlr.runtime import pick_device
+    from dqlr.training.trainer import train
 
-    if threads:
-        torch.set_num_threads(threads)
     # one folder per budget, so a run of another budget is never resumed as if it were this one
     data_dir = Path(data)
     run = Path(work) / f"e{budget['epochs']}_s{budget['steps']}" / name
@@ -87,8 +84,6 @@ def run_variant(
     settings = {
         "train.epochs": budget["epochs"],
         "train.steps_per_epoch": budget["steps"],
-        "train.device": device,
-        "train.num_threads": threads,
     }
     settings.update(overrides)
     if "train.epochs" in overrides:  # the budget axis scales the budget given on the command line
@@ -98,7 +93,8 @@ def run_variant(
     started = time.perf_counter()
     resume = (run / "last.pt").exists()
     result = train(
-        train_files, run, None if resume else config, val_stack=val_file, resume=resume, progress=False
+        train_files, run, None if resume else config, val_stack=val_file, resume=resume,
+        run=RunOptions(device=device, num_threads=threads, progress=False),
     )
     train_seconds = time.perf_counter() - started
     model = load_model(result.best, device=pick_device(device))

@@ -22,17 +22,21 @@ import torch
 from dqlr.config import Config
 from dqlr.model import DQLR
 from dqlr.normalize import fit_normalization
+from dqlr.runtime import fast_math, pick_device
 from dqlr.simulation import simulate_plant
 from dqlr.training.data import WindowSampler
 from dqlr.training.losses import dqlr_loss
-from dqlr.training.trainer import fast_cpu_math, pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def measure(config: Config, steps: int, device: torch.device) -> dict[str, float]:
-    fast_cpu_math()
+    with fast_math():
+        return _measure(config, steps, device)
+
+
+def _measure(config: Config, steps: int, device: torch.device) -> dict[str, float]:
     stacks = [simulate_plant(seed=s).observed for s in range(2)]
     norms = [fit_normalization(s) for s in stacks]
     sampler = WindowSampler(stacks, norms, config.model.predict_next + 1, config.data.crop, seed=0)

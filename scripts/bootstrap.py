@@ -2,7 +2,7 @@
 """Set up (or reuse) the project's virtual environment at .venv/ and run the demo or the tests.
 
     python3 scripts/bootstrap.py demo   # the main job on the built-in default
-    python3 scripts/bootstrap.py test   # the test suite
+    python3 scripts/bootstrap.py test   # ruff check, ruff format --check, mypy, then the test suite
 
 Only the Python standard library is used here, so it runs on a fresh machine. On a machine without
 CUDA the CPU build of torch 2.13.0 is installed before dqlr itself, so pip never pulls a multi-GB
@@ -59,6 +59,14 @@ def setup() -> None:
     STAMP.write_text(wanted)
 
 
+def check() -> None:
+    """Lint, format and type checks before the tests: CI fails on any of them."""
+    paths = ["src", "tests", "benchmarks", "scripts"]
+    run(BIN / "ruff", "check", *paths)
+    run(BIN / "ruff", "format", "--check", *paths)
+    run(PYTHON, "-m", "mypy")
+
+
 def main() -> None:
     task = sys.argv[1] if len(sys.argv) > 1 else "demo"
     if task not in {"demo", "test", "setup"}:
@@ -67,6 +75,7 @@ def main() -> None:
     if task == "demo":
         run(BIN / "dqlr", "demo", "--out", "out/demo", *sys.argv[2:])
     elif task == "test":
+        check()
         run(PYTHON, "-m", "pytest", *sys.argv[2:])
 
 

@@ -16,10 +16,10 @@ import json
 import time
 from pathlib import Path
 
-from dqlr.config import Config
+import dqlr
+from dqlr.config import Config, RunOptions
 from dqlr.model.checkpoint import export_model
 from dqlr.simulation import simulate_dataset
-from dqlr.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "src" / "dqlr" / "weights"
@@ -33,11 +33,11 @@ VARIANTS = {
     "noquant": {"model.quantize": False},
     "paper-swept": SWEPT,
     "paper-swept-noquant": {**SWEPT, "model.quantize": False},
-    "depth-aware": {"train.mode": "depth-aware", "model.condition": True},
-    "depth-aware-noquant": {"train.mode": "depth-aware", "model.condition": True, "model.quantize": False},
+    "depth-aware": {"mode": "depth-aware"},
+    "depth-aware-noquant": {"mode": "depth-aware", "model.quantize": False},
     # the sweep's one robust change, tried in depth-aware mode too: +0.16 dB deep on the validation
     # plant, within run-to-run noise, so not shipped (benchmarks/results/quality_validation.md)
-    "depth-aware-swept": {"train.mode": "depth-aware", "model.condition": True, **SWEPT},
+    "depth-aware-swept": {"mode": "depth-aware", **SWEPT},
 }
 SHIP = {
     "paper-swept": "dqlr_paper.pt",
@@ -60,13 +60,20 @@ def main() -> None:
     val_file = data / f"{split['val'][0]}_observed.tif"
     timings = {}
     for name, overrides in VARIANTS.items():
-        config = Config().with_overrides({**overrides, "train.num_threads": args.threads})
+        config = Config().with_overrides(overrides)
         if args.only and name != args.only:
             continue
         run = args.work / name
         started = time.perf_counter()
         resume = (run / "last.pt").exists()
-        result = train(train_files, run, None if resume else config, val_stack=val_file, resume=resume)
+        result = dqlr.train(
+            train_files,
+            run,
+            None if resume else config,
+            val_stack=val_file,
+            resume=resume,
+            run=RunOptions(num_threads=args.threads),
+        )
         timings[name] = time.perf_counter() - started
         print(f"{name}: {timings[name] / 60:.1f} min; best checkpoint {result.best}")
         if name in SHIP:

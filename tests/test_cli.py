@@ -132,3 +132,63 @@ def test_evaluate_prints_a_table_and_writes_json(tmp_path, capsys) -> None:
     psnr = values["result"]["thirds"]["psnr"]
     assert psnr["top"] > psnr["deep"]
     assert main(["evaluate", str(sim / "plant00_observed.tif"), "--json", str(out_json)]) == 2
+
+
+def test_resume_refuses_options_it_would_ignore(tmp_path, capsys) -> None:
+    sim = tmp_path / "sim"
+    main(["simulate", str(sim), "--plants", "1", "--shape", "8", "40", "40"])
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config().with_overrides({"train.epochs": 1}).to_dict()))
+    stack, run = str(sim / "plant00_observed.tif"), str(tmp_path / "run")
+    assert main(["train", stack, "--out", run, "--config", str(config)]) == 0
+    capsys.readouterr()
+    for extra in (
+        ["--epochs", "3"],
+        ["--mode", "depth-aware"],
+        ["--set", "train.epochs=3"],
+        ["--config", str(config)],
+    ):
+        assert main(["train", stack, "--out", run, "--resume", *extra]) == 2
+        line = _error_line(capsys)
+        assert "--resume" in line and extra[0] in line, line
+
+
+def test_enhance_help_states_every_default(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["enhance", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in (("--tile", 512), ("--overlap", 48), ("--batch-size", 4), ("--predict-next", 0)):
+        assert option in text and f"(default: {default})" in text
+
+
+def test_convert_rewrites_an_old_model(tmp_path, capsys) -> None:
+    config = tiny_config()
+    old = config.to_dict()
+    old.pop("mode")
+    old["train"].update(device="cpu", mode="paper")
+    old["model"]["condition"] = False
+    network = DQLR(config.model)
+    torch.save(
+        {"format": "dqlr-checkpoint", "version": 1, "config": old, "model": network.state_dict()},
+        tmp_path / "a.pt",
+    )
+    assert (
+        main(
+            [
+                "enhance",
+                str(tmp_path / "x.tif"),
+                "-o",
+                str(tmp_path / "y.tif"),
+                "--model",
+                str(tmp_path / "a.pt"),
+            ]
+        )
+        == 2
+    )
+    assert "dqlr convert" in _error_line(capsys)
+    assert main(["convert", str(tmp_path / "a.pt"), "-o", str(tmp_path / "b.pt")]) == 0
+    from dqlr.model.checkpoint import load_model
+
+    assert load_model(tmp_path / "b.pt").config == config

@@ -119,9 +119,8 @@ def denormalize(y: Any, norm: Normalization, dtype: Any) -> np.ndarray:
         raise ValueError(f"cannot denormalise to data type {dtype}")
     # float32 holds every integer up to 2**24 exactly; wider types need float64.
     wide = dtype.itemsize > 4 or (dtype.kind in "ui" and dtype.itemsize >= 4)
-    out = np.array(y, dtype=np.float64 if wide else np.float32)
-    out *= norm.high - norm.low
-    out += norm.low
+    out: np.ndarray = np.array(y, dtype=np.float64 if wide else np.float32)
+    out = out * (norm.high - norm.low) + norm.low
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
         top = float(info.max)

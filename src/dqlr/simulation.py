@@ -19,6 +19,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
+from dqlr.atomic import write_text
 from dqlr.errors import DqlrError
 
 LAYER_UM = 5.0  # thickness of the L1 and L2 cell layers
@@ -133,7 +134,8 @@ def _check_params(
         n_vox = 0
     if n_vox != 3:
         raise DqlrError(f"voxel_size must be three numbers (z, y, x) in µm, got {voxel_size!r}")
-    vox = tuple(_number("voxel_size", v, allow_low=False) for v in voxel_size)
+    vz, vy, vx = (_number("voxel_size", v, allow_low=False) for v in voxel_size)
+    vox = (vz, vy, vx)
     may_be_zero = ("read_noise_adu", "offset_adu", "background_photons", "halo_fraction_deep")
     for name, value in asdict(optics).items():
         _number(f"optics.{name}", value, allow_low=name in may_be_zero)
@@ -454,18 +456,10 @@ def _json_value(value: np.ndarray) -> object:
 
 
 def _write_json(path: Path, data: dict, force: bool) -> Path:
-    """Write JSON atomically (temporary file, then rename); refuse to overwrite without force."""
+    """Write JSON atomically (`dqlr.atomic`); refuse to overwrite without force."""
     if path.exists() and not force:
         raise DqlrError(f"{path}: already exists; pass force=True (--force) to overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def simulate_dataset(

@@ -1,11 +1,13 @@
-"""How a stack degrades with depth, estimated from the stack alone, and how to reproduce it."""
+"""How a stack degrades with depth, estimated from the stack alone, and how to reproduce it.
 
-from dqlr.degradation.core import (
-    DepthDegradation,
-    degrade,
-    estimate_degradation,
-    estimate_noise,
-    make_pairs,
-)
+model: the `DepthDegradation` record; noise: camera noise by photon transfer; blur: blur from
+power spectra; estimate: `estimate_degradation` (blur, halo, attenuation, background per slice);
+synthesis: `degrade` and `make_pairs`; ops: stack access and Gaussian filters they share.
+"""
+
+from dqlr.degradation.estimate import estimate_degradation
+from dqlr.degradation.model import DepthDegradation
+from dqlr.degradation.noise import estimate_noise
+from dqlr.degradation.synthesis import degrade, make_pairs
 
 __all__ = ["DepthDegradation", "degrade", "estimate_degradation", "estimate_noise", "make_pairs"]

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from skimage.filters import threshold_otsu
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from dqlr.atomic import atomic_path, write_text
 from dqlr.errors import DqlrError
 from dqlr.io import check_finite, read_stack
+from dqlr.tissue import tissue_mask
 
 
 def affine_fit(result: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -73,7 +74,6 @@ def thirds(values: np.ndarray) -> dict[str, float]:
 # a gain, or plain dimming with depth do not move them; only structure and noise do.
 
 SMOOTH_SIGMA_PX = 1.0  # light pre-smoothing so pixel noise does not count as sharpness or contrast
-TISSUE_SIGMA_PX = 8.0  # heavy smoothing that turns membranes into a tissue-wide glow for the mask
 NO_REFERENCE = ("sharpness", "contrast", "noise")
 WITH_REFERENCE = ("psnr", "ssim")
 THIRDS = ("top", "middle", "deep")
@@ -100,31 +100,20 @@ def sharpness(image: np.ndarray) -> float:
     return float(np.mean(gy * gy + gx * gx) / _scale(smoothed) ** 2)
 
 
-def tissue_mask(image: np.ndarray) -> np.ndarray:
-    """Pixels inside the tissue: heavily smoothed slice above half-way to its Otsu threshold.
-
-    Plain Otsu splits membranes from cell interiors once the tissue fills the slice; half of it
-    only separates tissue from the dark surroundings. Falls back to all pixels if it finds nothing.
-    """
-    smoothed = _smooth(image, TISSUE_SIGMA_PX)
-    if np.ptp(smoothed) <= _TINY * max(float(np.abs(smoothed).max()), 1.0):
-        return np.ones(smoothed.shape, dtype=bool)
-    floor = np.percentile(smoothed, 1)
-    mask = smoothed > floor + 0.5 * (threshold_otsu(smoothed) - floor)
-    if mask.mean() < 0.01:
-        return np.ones(smoothed.shape, dtype=bool)
-    return mask
-
-
 def membrane_contrast(image: np.ndarray) -> float:
     """Michelson contrast of membranes (p95) against the tissue median (p50), above the black level.
 
     Blur and scattering halo lower the membrane peaks and fill the cell interiors, so it falls.
-    Black level = p1 of the whole lightly smoothed slice. Between 0 and 1.
+    Black level = p1 of the whole lightly smoothed slice. Measured inside `dqlr.tissue.tissue_mask`
+    (the mask the degradation estimate uses too), or over the whole slice when it finds no tissue.
+    Between 0 and 1.
     """
     smoothed = _smooth(image)
     floor = np.percentile(smoothed, 1)
-    median, bright = np.percentile(smoothed[tissue_mask(image)], [50, 95])
+    inside = tissue_mask(image)
+    if inside.mean() < 0.01:
+        inside = np.ones(smoothed.shape, dtype=bool)
+    median, bright = np.percentile(smoothed[inside], [50, 95])
     denominator = bright + median - 2 * floor
     if denominator <= _TINY * max(abs(bright), abs(floor), 1.0):
         return 0.0
@@ -296,8 +285,7 @@ def write_csv(evaluation: dict[str, Any], path: str | os.PathLike) -> Path:
     if "input" in evaluation:
         columns += [(f"input_{m}", np.asarray(evaluation["input"]["per_slice"][m])) for m in metrics]
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as handle:
+    with atomic_path(out) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["z"] + [name for name, _ in columns])
         for z in range(int(evaluation["n_slices"])):
@@ -329,8 +317,7 @@ def evaluate_files(
     )
     evaluation["files"] = names
     if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(to_json(evaluation))
+        write_text(json_path, to_json(evaluation))
     if csv_path is not None:
         write_csv(evaluation, csv_path)
     return evaluation

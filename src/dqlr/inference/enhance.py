@@ -60,7 +60,7 @@ def iter_enhanced(
     tile = max(options.tile // align * align, align)
     batch_size, overlap = options.batch_size, options.overlap
     regions = tile_grid((height, width), tile, overlap, align)
-    above: list[torch.Tensor | None] | None = [None] * len(regions)
+    above: Sequence[torch.Tensor | None] | None = [None] * len(regions)
     previous: np.ndarray | None = None  # the slice above (normalised, on the CPU)
     with torch.inference_mode():
         for z in range(depth):
@@ -122,10 +122,10 @@ def _encode_tiles(
     regions: list[tuple[slice, slice]],
     level: float | None,
     batch_size: int,
-) -> list[torch.Tensor | None]:
+) -> list[torch.Tensor]:
     """Latents of `image` tile by tile (what the slice below needs as hidden state)."""
     align = network.config.downsample
-    latents: list[torch.Tensor | None] = [None] * len(regions)
+    latents: dict[int, torch.Tensor] = {}
     order = sorted(range(len(regions)), key=lambda i: _shape(regions[i]))
     for batch in _batches(order, regions, batch_size):
         tiles = torch.stack([image[regions[i]] for i in batch])[:, None]
@@ -133,19 +133,19 @@ def _encode_tiles(
         encoded = network.encode(pad_to_multiple(tiles, align)[0], condition)
         for k, i in enumerate(batch):
             latents[i] = encoded[k]
-    return latents
+    return [latents[i] for i in range(len(regions))]
 
 
 def _enhance_slice(
     network: Any,
     current: torch.Tensor,
     regions: list[tuple[slice, slice]],
-    above: list[torch.Tensor | None],
+    above: Sequence[torch.Tensor | None],
     level: float | None,
     batch_size: int,
     overlap: int,
     predict_next: int,
-) -> tuple[np.ndarray, np.ndarray | None, list[torch.Tensor | None]]:
+) -> tuple[np.ndarray, np.ndarray | None, list[torch.Tensor]]:
     """One slice through E, R (hidden state: `above`), Q and G, tile by tile; returns the blended
     slice, the predicted next slices and this slice's latents. Leaves `above` untouched, so a
     slice that ran out of memory can be retried."""
@@ -156,7 +156,7 @@ def _enhance_slice(
     order = sorted(range(len(regions)), key=lambda i: _shape(regions[i]))
     for batch in _batches(order, regions, batch_size):
         here = torch.stack([latents[i] for i in batch])
-        context = [above[i] if above[i] is not None else network.initial_state(latents[i]) for i in batch]
+        context = [a if (a := above[i]) is not None else network.initial_state(latents[i]) for i in batch]
         codes = network.roll(here, torch.stack(context), predict_next)
         slices, _, _ = network.decode(torch.cat(codes, 0))
         first = regions[batch[0]]
@@ -273,14 +273,19 @@ def enhance_file(
     levels = degradation_levels(stack.data, loaded)
     shape, dtype = stack.data.shape, stack.data.dtype
     paths = [output_path] + [_next_path(output_path, k + 1) for k in range(options.predict_next)]
-    common = dict(voxel_size=stack.voxel_size, force=force, protect=[input_path])
     with contextlib.ExitStack() as open_writers:  # on any error every temp output is removed
-        writers = [open_writers.enter_context(create_stack_writer(p, shape, dtype, **common)) for p in paths]
+        writers = [
+            open_writers.enter_context(
+                create_stack_writer(p, shape, dtype, stack.voxel_size, force=force, protect=[input_path])
+            )
+            for p in paths
+        ]
         for z, (slice_, predicted) in enumerate(
             iter_enhanced(stack.data, loaded, norm, options, progress, levels)
         ):
             writers[0][z] = denormalize(slice_, norm, dtype)
             for k in range(options.predict_next):
+                assert predicted is not None
                 writers[k + 1][z] = denormalize(predicted[k], norm, dtype)
     return paths
 

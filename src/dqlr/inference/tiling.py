@@ -56,7 +56,7 @@ class Blender:
     """Accumulates weighted tile outputs into one slice (or a stack of predicted slices)."""
 
     def __init__(self, shape: tuple[int, ...], overlap: int) -> None:
-        self.shape2d = shape[-2:]
+        self.shape2d = (shape[-2], shape[-1])
         self.overlap = overlap
         self.total = np.zeros(shape, np.float32)
         self.weight = np.zeros(self.shape2d, np.float32)

@@ -1,15 +1,12 @@
-"""Stacks in and out: TIFF, OME-TIFF, ImageJ hyperstacks and (OME-)Zarr, lazy reads, atomic writes."""
+"""Stacks in and out: TIFF, OME-TIFF, ImageJ hyperstacks and (OME-)Zarr, lazy reads, atomic writes.
 
-from dqlr.io.core import (
-    LazyStack,
-    Stack,
-    StackWriter,
-    check_finite,
-    create_stack_writer,
-    read_stack,
-    stack_format,
-    write_stack,
-)
+stack: the `Stack` / `LazyStack` types and the input checks; metadata: voxel size and axes from
+file metadata; read: `read_stack`; write: `StackWriter`, `create_stack_writer`, `write_stack`.
+"""
+
+from dqlr.io.read import read_stack
+from dqlr.io.stack import LazyStack, Stack, check_finite, stack_format
+from dqlr.io.write import StackWriter, create_stack_writer, write_stack
 
 __all__ = [
     "LazyStack",

@@ -20,6 +20,7 @@ from dqlr.atomic import atomic_path
 from dqlr.config import Config
 from dqlr.errors import DqlrError
 from dqlr.model.network import DQLR
+from dqlr.runtime import seeded
 
 FORMAT = "dqlr-checkpoint"
 VERSION = 2  # 2: config split (mode at the top, no run options), weights_only-safe, no paths
@@ -68,14 +69,12 @@ def _load_plain(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "global" in str(error).lower():
+        if "Unsupported global" in str(error):
             raise DqlrError(
                 f"{path}: refused: it holds Python objects, not only weights and settings; "
                 "dqlr loads plain model files only (not a dqlr model, or one to distrust)"
             ) from None
-        raise DqlrError(
-            f"{path}: not a dqlr model file (unreadable: {str(error).splitlines()[0][:100]})"
-        ) from None
+        raise DqlrError(f"{path}: not a dqlr model file (not a torch checkpoint)") from None
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
         reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
         raise DqlrError(f"{path}: not a dqlr model file ({reason})") from None
@@ -175,7 +174,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     path = resolve_model_path(path)
     state = read_checkpoint(path)
     config = Config.from_dict(state["config"], source=str(path))
-    network = build_network(config)
+    with seeded(0):  # the random init is overwritten; it must not advance the caller's stream
+        network = build_network(config)
     try:
         network.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as error:

@@ -36,7 +36,7 @@ class DQLR(nn.Module):
             c.base_channels, c.latent_channels, c.downsample, c.res_blocks, 1 + int(condition)
         )
         self.recurrent = make_cell(c.recurrent, c.latent_channels)
-        self.quantizer = (
+        self.quantizer: VectorQuantizer | None = (
             VectorQuantizer(
                 c.codebook_size,
                 c.latent_channels,

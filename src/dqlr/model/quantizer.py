@@ -29,6 +29,10 @@ def kmeans(vectors: Tensor, k: int, iterations: int = 10) -> Tensor:
 
 
 class VectorQuantizer(nn.Module):
+    cluster_size: Tensor  # buffers, declared for the type checker
+    embed_sum: Tensor
+    initialised: Tensor
+
     def __init__(
         self,
         size: int,

@@ -8,7 +8,7 @@ Stacks may be lazy (memory-mapped TIFF, Zarr): only the window is read, then nor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ def _read_window(stack: Any, start: int, length: int, y: int, x: int, crop: int)
 def _pad_to_crop(block: np.ndarray, crop: int) -> np.ndarray:
     ph, pw = crop - block.shape[1], crop - block.shape[2]
     if ph > 0 or pw > 0:
-        mode = "reflect" if ph < block.shape[1] and pw < block.shape[2] else "edge"
+        mode: Literal["reflect", "edge"] = "reflect" if ph < block.shape[1] and pw < block.shape[2] else "edge"
         block = np.pad(block, ((0, 0), (0, max(ph, 0)), (0, max(pw, 0))), mode=mode)
     return block
 

@@ -104,17 +104,20 @@ class Trainer:
 
     def _build_data(self) -> None:
         config = self.config
-        kwargs = dict(
-            targets=config.model.predict_next + 1,
-            crop=config.data.crop,
-            augment=config.data.augment,
-            top_probability=config.data.top_state_probability,
-        )
-        try:
-            self.sampler = WindowSampler(
-                [s.data for s in self.stacks], [s.norm for s in self.stacks], seed=config.train.seed, **kwargs
+        def sampler(stacks: list[TrainingStack], seed: int) -> WindowSampler:
+            return WindowSampler(
+                [s.data for s in stacks],
+                [s.norm for s in stacks],
+                targets=config.model.predict_next + 1,
+                crop=config.data.crop,
+                augment=config.data.augment,
+                top_probability=config.data.top_state_probability,
+                seed=seed,
             )
-            val_sampler = WindowSampler([self.val.data], [self.val.norm], seed=0, **kwargs)
+
+        try:
+            self.sampler = sampler(self.stacks, config.train.seed)
+            val_sampler = sampler([self.val], 0)
         except ValueError as error:
             raise DqlrError(f"train: {error}; use a smaller model.predict_next") from None
         self.val_batch = window_batch(
@@ -205,7 +208,7 @@ class Trainer:
         quantizer = self.network.quantizer
         if quantizer is not None:
             row["dead_codes"] = float((quantizer.cluster_size < quantizer.dead_code_threshold).sum())
-        row["lr"] = self.scheduler.get_last_lr()[0]
+        row["lr"] = float(self.scheduler.get_last_lr()[0])
         row["seconds"] = time.perf_counter() - started
         return row
 
@@ -234,7 +237,7 @@ class Trainer:
         """Validation loss and PSNR of the reconstructed slice against its target (data range 1)."""
         self.network.eval()
         size = self.config.train.batch_size
-        losses, mses, stats_sum = [], [], {}
+        losses, mses, stats_sum = [], [], dict[str, float]()
         for start in range(0, self.val_batch.inputs.shape[0], size):
             part: Batch = self.val_batch.part(start, start + size).to(self.device)
             outputs, vq_loss, stats = self.network(part.inputs, part.tops, part.condition)

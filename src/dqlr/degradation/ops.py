@@ -1,0 +1,57 @@
+"""Stack access and Gaussian filtering shared by the estimate and the degrader.
+
+Blurs are applied in Fourier space with the continuous Gaussian's transfer function, the same model
+the blur estimate fits, so what `degrade` imposes is what `estimate_degradation` measured.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from dqlr.errors import DqlrError
+from dqlr.io import Stack
+
+
+def stack_array(stack: Any) -> Any:
+    """The ZYX array of a Stack, or the array itself (may be lazy: read slice by slice)."""
+    data = stack.data if isinstance(stack, Stack) else stack
+    if len(data.shape) != 3 or data.shape[0] < 1 or min(data.shape[1:]) < 16:
+        raise DqlrError(f"need a ZYX stack with slices of at least 16 x 16 pixels, got {data.shape}")
+    return data
+
+
+def read_plane(data: Any, z: int) -> np.ndarray:
+    """Slice z as float64 (reads one slice of a lazy stack)."""
+    return np.asarray(data[int(z)], dtype=np.float64)
+
+
+def gaussian_fft(image: np.ndarray, terms: list[tuple[float, float]]) -> np.ndarray:
+    """Sum of weight * Gaussian(sigma) blurs of the last two axes, as one FFT filter.
+
+    Reflect padding avoids wrap-around at the borders; the transfer is the continuous Gaussian's,
+    the same model the blur estimate fits.
+    """
+    widest = max(s for _, s in terms)
+    pad = min(int(math.ceil(3.0 * widest)) + 1, 4 * max(image.shape[-2:]))
+    widths = [(0, 0)] * (image.ndim - 2) + [(pad, pad), (pad, pad)]
+    padded = np.pad(image, widths, mode="reflect")
+    transfer = _transfer(padded.shape[-2:], terms)
+    out = np.fft.irfft2(np.fft.rfft2(padded) * transfer, s=padded.shape[-2:])
+    return out[..., pad:-pad, pad:-pad]
+
+
+def _transfer(shape: tuple[int, ...], terms: list[tuple[float, float]], half: bool = True) -> np.ndarray:
+    """Transfer function of the Gaussian sum on an FFT grid (rfft2 half grid unless half=False)."""
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = (np.fft.rfftfreq(shape[1]) if half else np.fft.fftfreq(shape[1]))[None, :]
+    f2 = fy * fy + fx * fx
+    return sum(w * np.exp(-2.0 * math.pi**2 * f2 * s * s) for w, s in terms)
+
+
+def kernel_energy(terms: list[tuple[float, float]]) -> float:
+    """Sum of squared kernel weights: the factor by which the filter scales white-noise variance."""
+    n = 2 * int(math.ceil(4.0 * max(s for _, s in terms))) + 16
+    return float(np.mean(_transfer((n, n), terms, half=False) ** 2))  # Parseval

@@ -1,0 +1,236 @@
+"""Write ZYX stacks as TIFF (ImageJ), OME-TIFF or OME-Zarr, one slice at a time.
+
+Outputs are written to a temporary name next to the target and renamed into place
+(`dqlr.atomic`), so a crash never leaves a half-written result under the real name and an
+existing file is only replaced once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from dqlr.atomic import move_into_place, remove, temp_path
+from dqlr.errors import DqlrError
+from dqlr.io.stack import PathLike, looks_like_zarr, stack_format
+
+# ImageJ hyperstacks hold only these; other dtypes go into a plain TIFF so they are kept exactly.
+IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+ZARR_TILE = 1024
+
+
+def write_stack(
+    path: PathLike,
+    data: np.ndarray | Any,
+    voxel_size: tuple[float, float, float] | None = None,
+    force: bool = False,
+    protect: Iterable[PathLike] = (),
+) -> Path:
+    """Write a ZYX stack atomically, keeping its dtype; reads lazy inputs slice by slice."""
+    shape = tuple(int(n) for n in getattr(data, "shape", ()))
+    if len(shape) != 3:
+        raise DqlrError(f"{path}: cannot write data of shape {shape}; it must be a 3-D ZYX stack")
+    with create_stack_writer(path, shape, data.dtype, voxel_size, force, protect) as writer:
+        for z in range(shape[0]):
+            writer[z] = np.asarray(data[z])
+    return writer.path
+
+
+def create_stack_writer(
+    path: PathLike,
+    shape: tuple[int, int, int],
+    dtype: Any,
+    voxel_size: tuple[float, float, float] | None = None,
+    force: bool = False,
+    protect: Iterable[PathLike] = (),
+) -> StackWriter:
+    """Open a writer that takes one slice at a time, for results larger than memory."""
+    return StackWriter(path, shape, dtype, voxel_size, force, protect)
+
+
+class StackWriter:
+    """Streams slices into a temporary file and renames it into place on a clean close.
+
+    Use as a context manager: `writer[z] = slice2d`. On an exception the temporary output is
+    removed and nothing at `path` changes.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        shape: tuple[int, int, int],
+        dtype: Any,
+        voxel_size: tuple[float, float, float] | None = None,
+        force: bool = False,
+        protect: Iterable[PathLike] = (),
+    ) -> None:
+        self.path = Path(path)
+        self.format = stack_format(self.path)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype).newbyteorder("=")
+        self.voxel_size = _check_voxel_size(path, voxel_size)
+        self.force = force
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise DqlrError(f"{path}: cannot write shape {self.shape}; it must be a 3-D ZYX stack")
+        if self.dtype.kind not in "uif":
+            raise DqlrError(f"{path}: cannot write data type {self.dtype}; use integers or floats")
+        _check_target(self.path, force, protect)
+        self._tmp = temp_path(self.path)
+        self._written = np.zeros(self.shape[0], dtype=bool)
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._array = self._create()
+        except BaseException as error:
+            remove(self._tmp)
+            if isinstance(error, OSError):
+                raise DqlrError(f"{path}: cannot create the output ({error})") from error
+            raise
+
+    def _create(self) -> Any:
+        z, y, x = self.voxel_size or (None, None, None)
+        if self.format == "zarr":
+            return _create_zarr(self._tmp, self.shape, self.dtype, self.voxel_size)
+        kwargs: dict[str, Any] = {"photometric": "minisblack"}
+        if self.format == "ome-tiff":
+            metadata: dict[str, Any] = {"axes": "ZYX"}
+            if self.voxel_size:
+                for axis, size in zip("ZYX", (z, y, x), strict=True):
+                    metadata[f"PhysicalSize{axis}"] = size
+                    metadata[f"PhysicalSize{axis}Unit"] = "µm"
+            kwargs.update(ome=True, metadata=metadata)
+        else:
+            # ImageJ convention: resolution in pixels per `unit`, z spacing in `unit`.
+            metadata = {"axes": "ZYX"}
+            if self.voxel_size:
+                metadata.update(spacing=z, unit="um")
+                kwargs.update(resolution=(1.0 / x, 1.0 / y), resolutionunit=1)
+            kwargs.update(imagej=self.dtype in IMAGEJ_DTYPES, metadata=metadata)
+        return tifffile.memmap(self._tmp, shape=self.shape, dtype=self.dtype, **kwargs)
+
+    def __setitem__(self, z: int | slice, value: Any) -> None:
+        if self._closed:
+            raise ValueError(f"writer for {self.path} is already closed")
+        value = np.asarray(value)
+        if not np.can_cast(value.dtype, self.dtype, casting="same_kind"):
+            raise ValueError(f"cannot write {value.dtype} slices into a {self.dtype} stack")
+        self._array[z] = value
+        self._written[z] = True
+
+    def __enter__(self) -> StackWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def close(self) -> Path:
+        """Finish the file and move it to `path`; raises (and cleans up) if slices are missing."""
+        if self._closed:
+            return self.path
+        try:
+            missing = int((~self._written).sum())
+            if missing:
+                raise DqlrError(
+                    f"{self.path}: only {self.shape[0] - missing} of {self.shape[0]} slices "
+                    "were written; the output was discarded"
+                )
+            if self.format != "zarr":
+                self._array.flush()
+            self._array = None
+            if not self.force and os.path.lexists(self.path):
+                raise DqlrError(f"{self.path}: exists; pass --force to overwrite")
+            move_into_place(self._tmp, self.path)
+        except OSError as error:
+            self.abort()
+            raise DqlrError(f"{self.path}: cannot finish writing ({error})") from error
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary output; `path` is left as it was."""
+        self._array = None
+        self._closed = True
+        remove(self._tmp)
+
+
+def _create_zarr(tmp: Path, shape: tuple[int, ...], dtype: np.dtype, voxel_size: tuple | None) -> Any:
+    """OME-Zarr (NGFF 0.4, zarr v2) with one slice per chunk, so streaming reads one chunk."""
+    import zarr
+
+    root = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
+    chunks = (1, min(shape[1], ZARR_TILE), min(shape[2], ZARR_TILE))
+    array = root.create_array(
+        "0",
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        fill_value=0,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+    axes: list[dict[str, str]] = [{"name": n, "type": "space"} for n in "zyx"]
+    if voxel_size:
+        for axis in axes:
+            axis["unit"] = "micrometer"
+    scale = [float(s) for s in voxel_size] if voxel_size else [1.0, 1.0, 1.0]
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": tmp.name.split(".tmp-")[0].lstrip("."),
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+        }
+    ]
+    return array
+
+
+def _check_voxel_size(path: PathLike, voxel_size: Any) -> tuple[float, float, float] | None:
+    if voxel_size is None:
+        return None
+    try:
+        sizes = tuple(float(v) for v in voxel_size)
+    except (TypeError, ValueError):
+        sizes = ()
+    if len(sizes) != 3 or not all(np.isfinite(s) and s > 0 for s in sizes):
+        raise DqlrError(
+            f"{path}: voxel size {voxel_size!r} is invalid; give three positive numbers (z, y, x)"
+        )
+    return (sizes[0], sizes[1], sizes[2])
+
+
+def _same_or_inside(target: Path, other: Path) -> bool:
+    """True if `other` is `target` or lies inside it (a zarr folder holds its arrays)."""
+    try:
+        if target.exists() and other.exists() and os.path.samefile(target, other):
+            return True
+    except OSError:
+        pass
+    target, other = target.resolve(), other.resolve()
+    return other == target or target in other.parents
+
+
+def _check_target(path: Path, force: bool, protect: Iterable[PathLike]) -> None:
+    for other in protect:
+        if _same_or_inside(path, Path(other)):
+            raise DqlrError(
+                f"{path}: is also an input ({other}); refusing to overwrite it, choose another output path"
+            )
+    if not os.path.lexists(path):
+        return
+    if not force:
+        raise DqlrError(f"{path}: exists; pass --force to overwrite")
+    if path.is_dir() and not path.is_symlink() and not looks_like_zarr(path):
+        raise DqlrError(
+            f"{path}: is a folder that is not a Zarr store; refusing to replace it, "
+            "choose another output path"
+        )

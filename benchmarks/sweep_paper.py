@@ -93,7 +93,11 @@ def run_variant(
     started = time.perf_counter()
     resume = (run / "last.pt").exists()
     result = train(
-        train_files, run, None if resume else config, val_stack=val_file, resume=resume,
+        train_files,
+        run,
+        None if resume else config,
+        val_stack=val_file,
+        resume=resume,
         run=RunOptions(device=device, num_threads=threads, progress=False),
     )
     train_seconds = time.perf_counter() - started

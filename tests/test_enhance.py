@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from dqlr.errors import DqlrError
 from dqlr.config import EnhanceOptions
+from dqlr.errors import DqlrError
 from dqlr.inference.enhance import enhance, enhance_file, enhance_files, iter_enhanced
 from dqlr.inference.tiling import Blender, tile_grid, tile_spans
 from dqlr.io import read_stack, write_stack

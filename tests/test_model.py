@@ -1,7 +1,6 @@
+import numpy as np
 import pytest
 import torch
-
-import numpy as np
 
 from dqlr.config import Config, EnhanceOptions, ModelConfig
 from dqlr.inference.enhance import iter_enhanced

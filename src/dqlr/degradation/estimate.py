@@ -160,7 +160,7 @@ def estimate_degradation(
     area = np.zeros(n_z)
     mean0 = np.full(n_z, np.nan)
     floor0 = np.full(n_z, np.nan)
-    for z in np.flatnonzero(has_signal):
+    for z in map(int, np.flatnonzero(has_signal)):
         mask, inner = _tissue(read_plane(data, z), dark0, tissue_sigma, halo_sigma_px)
         area[z] = mask.mean()
         if area[z] >= 0.01:

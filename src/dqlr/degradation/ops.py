@@ -48,7 +48,7 @@ def _transfer(shape: tuple[int, ...], terms: list[tuple[float, float]], half: bo
     fy = np.fft.fftfreq(shape[0])[:, None]
     fx = (np.fft.rfftfreq(shape[1]) if half else np.fft.fftfreq(shape[1]))[None, :]
     f2 = fy * fy + fx * fx
-    return sum(w * np.exp(-2.0 * math.pi**2 * f2 * s * s) for w, s in terms)
+    return np.asarray(sum(w * np.exp(-2.0 * math.pi**2 * f2 * s * s) for w, s in terms))
 
 
 def kernel_energy(terms: list[tuple[float, float]]) -> float:

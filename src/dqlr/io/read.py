@@ -159,18 +159,18 @@ def _lazy_tiff(p: Path, series: Any, key: tuple) -> Any:
 def _read_zarr(p: Path, channel: int | None, timepoint: int | None, lazy: bool) -> Stack:
     import zarr
 
-    node = zarr.open(str(p), mode="r")
+    node: Any = zarr.open(str(p), mode="r")
     voxel_size = None
     if isinstance(node, zarr.Array):
         array = node
-        names = node.attrs.get("_ARRAY_DIMENSIONS")
+        names: Any = node.attrs.get("_ARRAY_DIMENSIONS")
         axes = (
             ngff_axes(names)
             if names
             else {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX"}.get(node.ndim, "Q" * node.ndim)
         )
     else:
-        attrs = node.attrs.asdict()
+        attrs: dict[str, Any] = dict(node.attrs.asdict())
         multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
         if not multiscales:
             raise DqlrError(
@@ -187,6 +187,7 @@ def _read_zarr(p: Path, channel: int | None, timepoint: int | None, lazy: bool) 
         raise DqlrError(f"{p}: axes metadata {axes!r} does not match the {array.ndim}-D array")
     key = plan_zyx(p, axes, tuple(array.shape), channel, timepoint)
     check_dtype(p, np.dtype(array.dtype))
+    data: Any
     if lazy:
         data = array if all(isinstance(k, slice) for k in key) else LazyStack(array, key)
     else:

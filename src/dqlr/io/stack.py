@@ -124,9 +124,11 @@ def check_dtype(p: PathLike, dtype: np.dtype) -> None:
         )
 
 
-def plan_zyx(p: Path, axes: str, shape: tuple[int, ...], channel: int | None, timepoint: int | None) -> tuple:
+def plan_zyx(
+    p: Path, letters: str, shape: tuple[int, ...], channel: int | None, timepoint: int | None
+) -> tuple:
     """Check the axes of a file and build the index that selects one ZYX stack from it."""
-    axes = list(axes)
+    axes = list(letters)
     if "Z" not in axes:
         # Plain multi-page TIFFs call their pages I or Q: those are the slices.
         generic = [i for i, a in enumerate(axes) if a in "IQ" and shape[i] > 1]

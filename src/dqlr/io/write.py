@@ -108,8 +108,9 @@ class StackWriter:
             # ImageJ convention: resolution in pixels per `unit`, z spacing in `unit`.
             metadata = {"axes": "ZYX"}
             if self.voxel_size:
-                metadata.update(spacing=z, unit="um")
-                kwargs.update(resolution=(1.0 / x, 1.0 / y), resolutionunit=1)
+                vz, vy, vx = self.voxel_size
+                metadata.update(spacing=vz, unit="um")
+                kwargs.update(resolution=(1.0 / vx, 1.0 / vy), resolutionunit=1)
             kwargs.update(imagej=self.dtype in IMAGEJ_DTYPES, metadata=metadata)
         return tifffile.memmap(self._tmp, shape=self.shape, dtype=self.dtype, **kwargs)
 

@@ -28,7 +28,9 @@ def _read_window(stack: Any, start: int, length: int, y: int, x: int, crop: int)
 def _pad_to_crop(block: np.ndarray, crop: int) -> np.ndarray:
     ph, pw = crop - block.shape[1], crop - block.shape[2]
     if ph > 0 or pw > 0:
-        mode: Literal["reflect", "edge"] = "reflect" if ph < block.shape[1] and pw < block.shape[2] else "edge"
+        mode: Literal["reflect", "edge"] = (
+            "reflect" if ph < block.shape[1] and pw < block.shape[2] else "edge"
+        )
         block = np.pad(block, ((0, 0), (0, max(ph, 0)), (0, max(pw, 0))), mode=mode)
     return block
 

@@ -104,6 +104,7 @@ class Trainer:
 
     def _build_data(self) -> None:
         config = self.config
+
         def sampler(stacks: list[TrainingStack], seed: int) -> WindowSampler:
             return WindowSampler(
                 [s.data for s in stacks],

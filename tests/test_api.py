@@ -139,3 +139,25 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     out = dqlr.read_stack(tmp_path / "out.tif")
     assert out.data.shape == plant.observed.shape and out.data.dtype == plant.observed.dtype
     assert out.voxel_size == (1.0, 0.25, 0.25)
+
+
+def test_enhance_refuses_settings_it_cannot_honour() -> None:
+    stack = dqlr.simulate(shape=(4, 32, 32)).observed
+    with pytest.raises(dqlr.DqlrError, match="predict_next needs an output file"):
+        dqlr.enhance(stack, "paper", predict_next=2)
+    with pytest.raises(dqlr.DqlrError, match="overlap 300 must be at most half the tile"):
+        dqlr.enhance(stack, "paper", tile=256, overlap=300)
+
+
+def test_an_old_config_file_names_where_its_keys_went(tmp_path: Path) -> None:
+    from dqlr.config import load_config
+
+    path = tmp_path / "old.yaml"
+    path.write_text("train:\n  mode: depth-aware\n")
+    with pytest.raises(
+        dqlr.DqlrError, match="'train.mode' is no longer a config key; use the top-level key 'mode'"
+    ):
+        load_config(path)
+    path.write_text("train:\n  device: cuda\n")
+    with pytest.raises(dqlr.DqlrError, match="run option now: pass --device"):
+        load_config(path)

@@ -77,16 +77,16 @@ def test_atomic_path_creates_parent_folders(tmp_path: Path) -> None:
     assert os.listdir(path.parent) == ["c.txt"]
 
 
-def test_write_text_result_is_mode_644(tmp_path: Path, strict_umask: None) -> None:
+def test_results_follow_the_users_umask(tmp_path: Path, strict_umask: None) -> None:
     path = write_text(tmp_path / "config.toml", "x = 1\n")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
-
-
-def test_mode_none_keeps_the_writers_permissions(tmp_path: Path, strict_umask: None) -> None:
-    path = tmp_path / "private.txt"
-    with atomic_path(path, mode=None) as tmp:
-        tmp.write_text("secret")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_mode_sets_the_permissions_when_asked(tmp_path: Path, strict_umask: None) -> None:
+    path = tmp_path / "shared.txt"
+    with atomic_path(path, mode=0o644) as tmp:
+        tmp.write_text("for everyone")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_replacing_a_folder_leaves_only_the_new_one(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_remove_does_not_follow_a_symlink_into_a_folder(tmp_path: Path) -> None:
 def test_simulation_json_is_atomic_and_refuses_without_force(tmp_path: Path) -> None:
     path = tmp_path / "truth.json"
     _write_json(path, {"a": 1}, force=False)
-    with pytest.raises(DqlrError, match="already exists"):
+    with pytest.raises(DqlrError, match="exists; pass --force"):
         _write_json(path, {"a": 2}, force=False)
     assert path.read_text() == '{\n  "a": 1\n}\n'
     _write_json(path, {"a": 2}, force=True)

@@ -192,3 +192,11 @@ def test_convert_rewrites_an_old_model(tmp_path, capsys) -> None:
     from dqlr.model.checkpoint import load_model
 
     assert load_model(tmp_path / "b.pt").config == config
+
+
+def test_a_bad_run_option_is_one_line(tmp_path, capsys) -> None:
+    sim = tmp_path / "sim"
+    main(["simulate", str(sim), "--plants", "1", "--shape", "4", "32", "32"])
+    capsys.readouterr()
+    code = main(["train", str(sim / "plant00_observed.tif"), "--out", str(tmp_path / "r"), "--threads", "-1"])
+    assert code == 2 and "num_threads" in _error_line(capsys)

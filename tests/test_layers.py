@@ -70,3 +70,15 @@ def test_the_benchmark_harness_is_not_in_the_package() -> None:
         text = path.read_text()
         assert not any(m.startswith("harness") for m in _imports(path)), path
         assert "import subprocess" not in text and "def tune_" not in text, path
+
+
+def test_io_and_degradation_are_used_through_their_front_door() -> None:
+    """Their files can be reorganised: outside each package, only `dqlr.io` / `dqlr.degradation`."""
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        inside = path.relative_to(PACKAGE).parts[0]
+        for module in _imports(path):
+            for package in ("io", "degradation"):
+                if module.startswith(f"dqlr.{package}.") and inside != package:
+                    wrong.append(f"{path.relative_to(PACKAGE)} imports {module}")
+    assert not wrong, "\n".join(wrong)

@@ -8,7 +8,7 @@ import torch
 import dqlr
 from dqlr.config import RunOptions, load_config
 from dqlr.errors import DqlrError
-from dqlr.model.checkpoint import load_model, read_checkpoint
+from dqlr.model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from dqlr.normalize import fit_normalization
 from dqlr.training.data import WindowSampler
 from dqlr.training.trainer import Trainer, train
@@ -137,3 +137,31 @@ def test_existing_run_needs_resume(tiny_plants, tmp_path) -> None:
         train(tiny_plants[:1], tmp_path / "run", config, run=QUIET)
     with pytest.raises(DqlrError, match="nothing to resume"):
         train(tiny_plants[:1], tmp_path / "other", resume=True, run=QUIET)
+
+
+def test_resume_refuses_other_training_stacks(tiny_plants, tmp_path) -> None:
+    config = tiny_config()
+    first = dqlr.write_stack(tmp_path / "first.tif", tiny_plants[0])
+    other = dqlr.write_stack(tmp_path / "other.tif", tiny_plants[1])
+    train([first], tmp_path / "run", config, val_stack=other, run=QUIET, stop_after_epochs=1)
+    with pytest.raises(DqlrError, match=r"training stacks \(first\.tif\); given other\.tif"):
+        train([other], tmp_path / "run", val_stack=first, resume=True, run=QUIET)
+
+
+def test_depth_aware_trainer_state_round_trips_through_a_checkpoint_file(tmp_path) -> None:
+    """Pairs draw from the sampler's generator; the saved state must carry that exactly too."""
+    plants = [dqlr.simulate(shape=(20, 96, 96), seed=s).observed for s in (31, 32)]
+    config = tiny_config().with_overrides({"mode": "depth-aware", "train.epochs": 2})
+    straight = Trainer(config, plants[:1], plants[1], QUIET)
+    straight.fit()
+    first = Trainer(config, plants[:1], plants[1], QUIET)
+    first.fit(max_epochs=1)
+    state = first.state_dict()
+    save_checkpoint(
+        tmp_path / "s.pt", {"config": config.to_dict(), "model": state.pop("model"), "trainer": state}
+    )
+    saved = read_checkpoint(tmp_path / "s.pt")  # weights_only=True on the way back
+    second = Trainer(config, plants[:1], plants[1], QUIET)
+    second.load_state_dict({**saved["trainer"], "model": saved["model"]})
+    second.fit()
+    _weights_equal(straight.network.state_dict(), second.network.state_dict())

@@ -127,7 +127,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
     if job["threads"]:
         # On a shared CPU torch's default (one thread per core) can oversubscribe it and run
-        # many times slower; the caller may pin the count, as dqlr's own train.num_threads does.
+        # many times slower; the caller may pin the count, as dqlr train --threads does.
         torch.set_num_threads(job["threads"])
 
     for path in job["train_files"] + ([job["val_file"]] if job["val_file"] else []):

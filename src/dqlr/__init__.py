@@ -10,11 +10,16 @@ Everything else lives in the layers below (dqlr.io, dqlr.model, dqlr.training, d
 dqlr.evaluation, dqlr.reporting); see ARCHITECTURE.md.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from dqlr.api import enhance, estimate, evaluate, load_model, read_stack, simulate, train, write_stack
 from dqlr.config import Config, EnhanceOptions, RunOptions
 from dqlr.errors import DqlrError
 
-__version__ = "0.2.0"
+try:
+    __version__ = version("dqlr")  # one source of truth: pyproject.toml
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "unknown"
 
 __all__ = [
     "Config",

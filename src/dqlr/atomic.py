@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dqlr.errors import DqlrError
+
 PathLike = str | os.PathLike[str]
 
 
@@ -35,9 +37,23 @@ def remove(path: PathLike) -> None:
         path.unlink()
 
 
+def refuse_existing(path: PathLike, force: bool) -> None:
+    """The one check before writing an output: an existing one is replaced only with --force."""
+    if not force and os.path.lexists(path):
+        raise DqlrError(f"{path}: exists; pass --force to overwrite")
+
+
+def _sync(path: Path) -> None:
+    """Flush a finished file to disk before the rename, so a power cut cannot leave it empty."""
+    if path.is_file():
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+
+
 def move_into_place(tmp: PathLike, path: PathLike) -> None:
     """Rename a finished temp file or folder over `path`; an old folder is deleted only afterwards."""
     tmp, path = Path(tmp), Path(path)
+    _sync(tmp)
     replacing_dir = os.path.lexists(path) and (tmp.is_dir() or (path.is_dir() and not path.is_symlink()))
     if not replacing_dir:
         os.replace(tmp, path)
@@ -53,11 +69,11 @@ def move_into_place(tmp: PathLike, path: PathLike) -> None:
 
 
 @contextmanager
-def atomic_path(path: PathLike, suffix: str = "", mode: int | None = 0o644) -> Iterator[Path]:
+def atomic_path(path: PathLike, suffix: str = "", mode: int | None = None) -> Iterator[Path]:
     """Yield a temp path to write; on a clean exit it replaces `path`, on an error it is removed.
 
-    `mode` sets the permissions of a finished file (temp files may be created private, and a
-    result is meant to be shared); None keeps what the writer made.
+    `mode` sets the permissions of a finished file; None (the default) keeps what the writer made,
+    which follows the user's umask like any other file they write.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

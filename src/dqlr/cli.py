@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from dqlr.atomic import refuse_existing
 from dqlr.errors import DqlrError
 
 
@@ -70,7 +71,7 @@ def _train(args: argparse.Namespace) -> None:
             overrides["mode"] = args.mode
         if overrides:
             config = config.with_overrides(overrides)
-    run = RunOptions(device=args.device or "auto", num_threads=args.threads)
+    run = RunOptions.of(device=args.device, num_threads=args.threads)
     result = train(args.stacks, args.out, config, val_stack=args.val, resume=args.resume, run=run)
     print(f"checkpoints: {result.best} (best), {result.last} (last)")
 
@@ -106,8 +107,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from dqlr.evaluation.metrics import evaluate_files, format_table
 
     for path in (args.json, args.csv):
-        if path is not None and path.exists() and not args.force:
-            raise DqlrError(f"{path}: exists; pass --force to overwrite")
+        if path is not None:
+            refuse_existing(path, args.force)
     evaluation = evaluate_files(args.result, args.reference, args.input, args.json, args.csv)
     print(format_table(evaluation))
 
@@ -142,8 +143,7 @@ def _estimate(args: argparse.Namespace) -> None:
             f"{estimate.attenuation[z]:>11.2f} {estimate.background[z]:>10.1f}"
         )
     if args.plot:
-        if args.plot.exists() and not args.force:
-            raise DqlrError(f"{args.plot}: exists; pass --force to overwrite")
+        refuse_existing(args.plot, args.force)
         print(f"plot: {degradation_figure(estimate, args.plot)}")
 
 

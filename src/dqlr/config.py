@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dqlr.atomic import write_text
 from dqlr.errors import DqlrError
@@ -28,6 +28,16 @@ class _Strict(BaseModel):
 _S = TypeVar("_S", bound=_Strict)
 
 
+# Keys of dqlr 0.1 configs, with where they went: a config file written then names its fix.
+MOVED = {
+    "train.mode": "use the top-level key 'mode'",
+    "model.condition": "it follows 'mode' now (depth-aware is conditioned)",
+    "train.device": "it is a run option now: pass --device (RunOptions.device)",
+    "train.amp": "it is a run option now (RunOptions.amp)",
+    "train.num_threads": "it is a run option now: pass --threads (RunOptions.num_threads)",
+}
+
+
 def _validated(cls: type[_S], values: dict[str, Any], source: str) -> _S:
     """Validate, turning pydantic's report into one line that names the first bad key."""
     try:
@@ -35,7 +45,21 @@ def _validated(cls: type[_S], values: dict[str, Any], source: str) -> _S:
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
+        if key in MOVED:
+            raise DqlrError(f"{source}: '{key}' is no longer a config key; {MOVED[key]}") from None
+        if not key:  # a check across fields
+            raise DqlrError(f"{source}: {str(first['msg']).removeprefix('Value error, ')}") from None
         raise DqlrError(f"{source}: bad value for '{key}': {first['msg']}") from None
+
+
+def _with_settings(cls: type[_S], base: _S | None, source: str, settings: dict[str, Any]) -> _S:
+    """`base` (or the defaults) with some settings replaced, validated in one line."""
+    values = (base or cls()).model_dump()
+    unknown = sorted(set(settings) - set(values))
+    if unknown:
+        raise DqlrError(f"{source}: unknown setting '{unknown[0]}'; use one of {', '.join(values)}")
+    values.update({k: v for k, v in settings.items() if v is not None})
+    return _validated(cls, values, source)
 
 
 class ModelConfig(_Strict):
@@ -182,6 +206,11 @@ class RunOptions(_Strict):
     num_threads: int = Field(0, ge=0)  # CPU threads for this run; 0 keeps torch's count
     progress: bool = True
 
+    @classmethod
+    def of(cls, options: RunOptions | None = None, **settings: Any) -> RunOptions:
+        """Options with some settings replaced (None keeps one), validated in one line."""
+        return _with_settings(cls, options, "train", settings)
+
 
 class EnhanceOptions(_Strict):
     """How a stack is enhanced; the defaults suit a CPU and slices up to a few thousand pixels.
@@ -195,12 +224,14 @@ class EnhanceOptions(_Strict):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     predict_next: int = Field(0, ge=0, le=8, description="also give the predicted next N slices")
 
+    @model_validator(mode="after")
+    def _overlap_at_most_half_a_tile(self) -> EnhanceOptions:
+        # A larger overlap makes the tile step tiny: thousands of tiles per slice for nothing.
+        if self.overlap > self.tile // 2:
+            raise ValueError(f"overlap {self.overlap} must be at most half the tile ({self.tile} px)")
+        return self
+
     @classmethod
     def of(cls, options: EnhanceOptions | None = None, **settings: Any) -> EnhanceOptions:
-        """Options with some settings replaced, validated; a bad value names its key in one line."""
-        values = (options or cls()).model_dump()
-        unknown = sorted(set(settings) - set(values))
-        if unknown:
-            raise DqlrError(f"enhance: unknown setting '{unknown[0]}'; use one of {', '.join(values)}")
-        values.update({k: v for k, v in settings.items() if v is not None})
-        return _validated(cls, values, "enhance")
+        """Options with some settings replaced (None keeps one), validated in one line."""
+        return _with_settings(cls, options, "enhance", settings)

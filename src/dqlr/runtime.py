@@ -75,9 +75,13 @@ def set_random_state(state: dict[str, object]) -> None:
 
 
 @contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's random streams seeded, then restore the caller's streams."""
+def own_random_streams(state: dict[str, object] | None = None, seed: int | None = None) -> Iterator[None]:
+    """Run the block on random streams of its own (a saved state, or a seed), then put the
+    caller's streams back, so a run neither disturbs nor depends on the caller's random draws."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        if state is not None:
+            set_random_state(state)
+        if seed is not None:
+            torch.manual_seed(seed)
         yield

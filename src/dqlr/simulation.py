@@ -13,13 +13,14 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from dqlr.atomic import write_text
+from dqlr.atomic import refuse_existing, write_text
 from dqlr.errors import DqlrError
 
 LAYER_UM = 5.0  # thickness of the L1 and L2 cell layers
@@ -92,7 +93,7 @@ class _Tissue:
     def depth_below_surface(self, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Signed distance (µm) inwards from the outer surface; negative outside the tissue."""
         dz = np.minimum(z - self.zc, 0.0)
-        return self.radius - np.sqrt((y - self.cy) ** 2 + (x - self.cx) ** 2 + dz * dz)
+        return np.asarray(self.radius - np.sqrt((y - self.cy) ** 2 + (x - self.cx) ** 2 + dz * dz))
 
 
 def _default_optics(dtype: str) -> Optics:
@@ -164,7 +165,7 @@ def _dart_throw(candidates: np.ndarray, min_dist: float) -> np.ndarray:
 
 def _in_box(p: np.ndarray, hi: np.ndarray, margin: float) -> np.ndarray:
     """Which points lie in the stack's bounding box (µm) grown by margin."""
-    return np.all((p >= -margin) & (p <= hi + margin), axis=1)
+    return np.asarray(np.all((p >= -margin) & (p <= hi + margin), axis=1))
 
 
 def _shell_seeds(
@@ -306,7 +307,7 @@ def _blur_slice(
     for wi, plane in zip(w, _reflect(z + k, emission.shape[0]), strict=True):
         if wi > 1e-8:
             acc += wi * emission[plane]
-    return ndimage.gaussian_filter(acc, sigma_yx_px)
+    return np.asarray(ndimage.gaussian_filter(acc, sigma_yx_px))
 
 
 def _interp_matrix(n_out: int, n_nodes: int) -> np.ndarray:
@@ -320,7 +321,7 @@ def _to_dtype(data: np.ndarray, dt: np.dtype) -> np.ndarray:
     """Round and clip to the integer range like a camera would; floats are just cast."""
     if dt.kind in "ui":
         info = np.iinfo(dt)
-        return np.clip(np.rint(data), info.min, info.max).astype(dt)
+        return np.asarray(np.clip(np.rint(data), info.min, info.max).astype(dt))
     return data.astype(dt)
 
 
@@ -455,15 +456,14 @@ def _json_value(value: np.ndarray) -> object:
     return out if math.isfinite(out) else None
 
 
-def _write_json(path: Path, data: dict, force: bool) -> Path:
+def _write_json(path: Path, data: dict[str, Any], force: bool) -> Path:
     """Write JSON atomically (`dqlr.atomic`); refuse to overwrite without force."""
-    if path.exists() and not force:
-        raise DqlrError(f"{path}: already exists; pass force=True (--force) to overwrite")
+    refuse_existing(path, force)
     return write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def simulate_dataset(
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
     plants: int = 6,
     shape: tuple[int, int, int] = (48, 256, 256),
     voxel_size: tuple[float, float, float] = (1.0, 0.25, 0.25),
@@ -473,7 +473,7 @@ def simulate_dataset(
     dtype: str = "uint16",
     force: bool = False,
     progress: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """Write plants (plant{i:02d}_observed/clean/labels.tif, _truth.json) and split.json.
 
     Plant i uses seed + i. Returns the split ("train"/"val"/"test" lists of plant names, also
@@ -502,10 +502,8 @@ def simulate_dataset(
         for name in names
     }
     split_path = out / "split.json"
-    if not force:
-        for path in [p for f in files.values() for p in f.values()] + [split_path]:
-            if os.path.lexists(path):
-                raise DqlrError(f"{path}: already exists; pass force=True (--force) to overwrite")
+    for path in [p for f in files.values() for p in f.values()] + [split_path]:
+        refuse_existing(path, force)
     for i, name in enumerate(tqdm(names, desc="simulate", unit="plant", disable=not progress)):
         plant = simulate_plant(
             shape=shape,

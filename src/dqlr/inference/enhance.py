@@ -30,9 +30,12 @@ ModelLike = LoadedModel | str | Path | None
 
 
 def as_model(model: ModelLike, device: str = "auto") -> LoadedModel:
-    if isinstance(model, LoadedModel):
-        return model
-    return load_model(model, device=pick_device(device))
+    """A loaded model on `device`; "auto" leaves an already loaded model where it is."""
+    if not isinstance(model, LoadedModel):
+        return load_model(model, device=pick_device(device))
+    if device != "auto" and model.device != pick_device(device):
+        model.network.to(pick_device(device))
+    return model
 
 
 MIN_TILE = 64  # smallest tile tried after running out of memory
@@ -62,50 +65,49 @@ def iter_enhanced(
     regions = tile_grid((height, width), tile, overlap, align)
     above: Sequence[torch.Tensor | None] | None = [None] * len(regions)
     previous: np.ndarray | None = None  # the slice above (normalised, on the CPU)
-    with torch.inference_mode():
-        for z in range(depth):
-            raw = np.asarray(stack[z])
-            check_finite(raw, getattr(stack, "filename", None) or "input stack")
-            plane = normalize(raw, norm)
-            current = torch.from_numpy(plane).to(device)
-            level = None if levels is None else float(levels[z])
-            while True:
-                try:
-                    with fast_math():  # flushes denormals for this slice only
-                        if above is None:  # new tile grid: the slice above's latents on it
-                            level_above = None if levels is None else float(levels[z - 1])
-                            image = torch.from_numpy(previous).to(device)
-                            above = _encode_tiles(network, image, regions, level_above, batch_size)
-                        enhanced, predicted, latents = _enhance_slice(
-                            network, current, regions, above, level, batch_size, overlap, options.predict_next
-                        )
-                    break
-                except RuntimeError as error:
-                    if not is_out_of_memory(error):
-                        raise
-                # Out of the except block, so the failed attempt's tensors are already released.
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if batch_size > 1:
-                    batch_size //= 2
-                elif min(tile, max(height, width)) > MIN_TILE:
-                    tile = max(min(tile, max(height, width)) // 2 // align * align, MIN_TILE)
-                    overlap = min(overlap, tile // 4)  # keeps the number of tiles in proportion
-                    regions = tile_grid((height, width), tile, overlap, align)
-                    above = None if previous is not None else [None] * len(regions)
-                else:
-                    raise DqlrError(
-                        f"out of memory even with {tile}-px tiles one at a time; free memory "
-                        "or use another --device"
+    for z in range(depth):
+        raw = np.asarray(stack[z])
+        check_finite(raw, getattr(stack, "filename", None) or "input stack")
+        plane = normalize(raw, norm)
+        current = torch.from_numpy(plane).to(device)
+        level = None if levels is None else float(levels[z])
+        while True:
+            try:
+                with fast_math(), torch.inference_mode():  # for this slice only, not across yield
+                    if above is None:  # new tile grid: the slice above's latents on it
+                        level_above = None if levels is None else float(levels[z - 1])
+                        image = torch.from_numpy(previous).to(device)
+                        above = _encode_tiles(network, image, regions, level_above, batch_size)
+                    enhanced, predicted, latents = _enhance_slice(
+                        network, current, regions, above, level, batch_size, overlap, options.predict_next
                     )
-                tqdm.write(
-                    f"dqlr enhance: out of memory; retrying with --tile {tile} --overlap {overlap} "
-                    f"--batch-size {batch_size}"
+                break
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+            # Out of the except block, so the failed attempt's tensors are already released.
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch_size > 1:
+                batch_size //= 2
+            elif min(tile, max(height, width)) > MIN_TILE:
+                tile = max(min(tile, max(height, width)) // 2 // align * align, MIN_TILE)
+                overlap = min(overlap, tile // 4)  # keeps the number of tiles in proportion
+                regions = tile_grid((height, width), tile, overlap, align)
+                above = None if previous is not None else [None] * len(regions)
+            else:
+                raise DqlrError(
+                    f"out of memory even with {tile}-px tiles one at a time; free memory "
+                    "or use another --device"
                 )
-            above, previous = latents, plane
-            if progress is not None:
-                progress.update(1)
-            yield enhanced, predicted
+            tqdm.write(
+                f"dqlr enhance: out of memory; retrying with --tile {tile} --overlap {overlap} "
+                f"--batch-size {batch_size}"
+            )
+        above, previous = latents, plane
+        if progress is not None:
+            progress.update(1)
+        yield enhanced, predicted
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -229,7 +231,9 @@ def enhance(
     given as keywords; predictions of the next slices are only written by enhance_file.
     """
     _check_stack(stack, "input stack")
-    options = EnhanceOptions.of(options, **settings).model_copy(update={"predict_next": 0})
+    options = EnhanceOptions.of(options, **settings)
+    if options.predict_next:
+        raise DqlrError("enhance: predict_next needs an output file; use enhance_file or `dqlr enhance`")
     loaded = as_model(model, options.device)
     norm = fit_stack_normalization(stack, loaded)
     out = np.empty(stack.shape, stack.dtype)

@@ -15,7 +15,7 @@ import numpy as np
 
 from dqlr.errors import DqlrError
 
-PathLike = str | os.PathLike
+PathLike = str | os.PathLike[str]
 
 SUPPORTED = ".tif, .tiff, .ome.tif, .ome.tiff, .zarr"
 MIN_SLICES = 3
@@ -47,7 +47,7 @@ class LazyStack:
 
     ndim = 3
 
-    def __init__(self, source: Any, key: tuple) -> None:
+    def __init__(self, source: Any, key: tuple[Any, ...]) -> None:
         self._source = source
         self._key = key
         self._kept = [i for i, k in enumerate(key) if isinstance(k, slice)]
@@ -126,7 +126,7 @@ def check_dtype(p: PathLike, dtype: np.dtype) -> None:
 
 def plan_zyx(
     p: Path, letters: str, shape: tuple[int, ...], channel: int | None, timepoint: int | None
-) -> tuple:
+) -> tuple[Any, ...]:
     """Check the axes of a file and build the index that selects one ZYX stack from it."""
     axes = list(letters)
     if "Z" not in axes:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from dqlr.atomic import move_into_place, remove, temp_path
+from dqlr.atomic import move_into_place, refuse_existing, remove, temp_path
 from dqlr.errors import DqlrError
 from dqlr.io.stack import PathLike, looks_like_zarr, stack_format
 
@@ -146,8 +146,7 @@ class StackWriter:
             if self.format != "zarr":
                 self._array.flush()
             self._array = None
-            if not self.force and os.path.lexists(self.path):
-                raise DqlrError(f"{self.path}: exists; pass --force to overwrite")
+            refuse_existing(self.path, self.force)
             move_into_place(self._tmp, self.path)
         except OSError as error:
             self.abort()
@@ -226,11 +225,8 @@ def _check_target(path: Path, force: bool, protect: Iterable[PathLike]) -> None:
             raise DqlrError(
                 f"{path}: is also an input ({other}); refusing to overwrite it, choose another output path"
             )
-    if not os.path.lexists(path):
-        return
-    if not force:
-        raise DqlrError(f"{path}: exists; pass --force to overwrite")
-    if path.is_dir() and not path.is_symlink() and not looks_like_zarr(path):
+    refuse_existing(path, force)
+    if os.path.lexists(path) and path.is_dir() and not path.is_symlink() and not looks_like_zarr(path):
         raise DqlrError(
             f"{path}: is a folder that is not a Zarr store; refusing to replace it, "
             "choose another output path"

@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 
-from dqlr.atomic import atomic_path
+from dqlr.atomic import atomic_path, refuse_existing
 from dqlr.config import Config
 from dqlr.errors import DqlrError
 from dqlr.model.network import DQLR
-from dqlr.runtime import seeded
 
 FORMAT = "dqlr-checkpoint"
 VERSION = 2  # 2: config split (mode at the top, no run options), weights_only-safe, no paths
@@ -80,6 +79,10 @@ def _load_plain(path: Path) -> dict[str, Any]:
         raise DqlrError(f"{path}: not a dqlr model file ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DqlrError(f"{path}: not a dqlr model file (train one with `dqlr train`)")
+    if not isinstance(state.get("version"), int) or not isinstance(state.get("config"), dict):
+        raise DqlrError(f"{path}: a damaged dqlr model file (no format version or config); get it again")
+    if not isinstance(state.get("model"), dict):
+        raise DqlrError(f"{path}: a damaged dqlr model file (no weights); get it again")
     return state
 
 
@@ -87,7 +90,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's contents, after checking it is a dqlr checkpoint of this format."""
     path = Path(path)
     state = _load_plain(path)
-    version = state.get("version", 0)
+    version = state["version"]
     if version > VERSION:
         raise DqlrError(f"{path}: made by a newer dqlr (format {version}); upgrade dqlr")
     if version < VERSION:
@@ -124,8 +127,7 @@ def convert_checkpoint(old: str | Path, new: str | Path, force: bool = False) ->
     """Rewrite a format-1 model file in today's format (weights unchanged, run options and paths
     dropped). The old file is read with weights_only=True too, so converting is safe."""
     old, new = Path(old), Path(new)
-    if new.exists() and not force:
-        raise DqlrError(f"{new}: exists; pass --force to overwrite")
+    refuse_existing(new, force)
     if new.resolve() == old.resolve():
         raise DqlrError(f"{new}: is the input; write the converted model to another path")
     state = _load_plain(old)
@@ -174,13 +176,15 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     path = resolve_model_path(path)
     state = read_checkpoint(path)
     config = Config.from_dict(state["config"], source=str(path))
-    with seeded(0):  # the random init is overwritten; it must not advance the caller's stream
+    with torch.device("meta"):  # no random init: it would be overwritten, and it draws numbers
         network = build_network(config)
     try:
-        network.load_state_dict(state["model"])
+        network.load_state_dict(state["model"], assign=True)
     except (RuntimeError, KeyError) as error:
         first = str(error).splitlines()[0][:120]
         raise DqlrError(f"{path}: weights do not match its config ({first})") from None
+    if any(tensor.is_meta for tensor in [*network.parameters(), *network.buffers()]):
+        raise DqlrError(f"{path}: weights incomplete for its config; get the file again")
     network.to(device).eval()
     meta = {k: state.get(k) for k in ("epoch", "step", "normalization", "metrics")}
     meta["mode"] = config.mode

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dqlr.atomic import write_text
+from dqlr.atomic import refuse_existing, write_text
 from dqlr.reporting.figures import depth_plot, slice_figure
 
 
@@ -130,8 +130,7 @@ def report_files(
     from dqlr.io import read_stack
 
     output = Path(output)
-    if output.exists() and not force:
-        raise DqlrError(f"{output}: exists; pass --force to overwrite")
+    refuse_existing(output, force)
     stacks = {"input": read_stack(input_path).data}
     for name, result in results.items():
         stacks[name] = read_stack(result).data

@@ -26,7 +26,7 @@ from dqlr.errors import DqlrError
 from dqlr.io import read_stack
 from dqlr.model.checkpoint import build_network, read_checkpoint
 from dqlr.normalize import Normalization, fit_normalization
-from dqlr.runtime import fast_math, pick_device, random_state, seeded, set_random_state
+from dqlr.runtime import fast_math, own_random_streams, pick_device, random_state
 from dqlr.training.batches import Batch, pair_batch, pair_sampler, training_batch, window_batch
 from dqlr.training.callbacks import Callback, CheckpointWriter, CsvLogger, EpochPrinter
 from dqlr.training.data import PairSampler, WindowSampler
@@ -84,7 +84,7 @@ class Trainer:
         self.stacks = [load_training_stack(s, config) for s in train_stacks]
         self.val = load_training_stack(val_stack, config)
         self._build_data()
-        with seeded(config.train.seed):
+        with own_random_streams(seed=config.train.seed):
             self.network = build_network(config).to(self.device)
             self.random = random_state()
         self.optimizer = torch.optim.AdamW(
@@ -162,9 +162,7 @@ class Trainer:
     @contextmanager
     def _scoped(self) -> Iterator[None]:
         """Own random streams and fast CPU math for the block; the caller's are restored after."""
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices), fast_math(self.run.num_threads):
-            set_random_state(self.random)
+        with own_random_streams(self.random), fast_math(self.run.num_threads):
             try:
                 yield
             finally:
@@ -224,7 +222,7 @@ class Trainer:
                 "(train.learning_rate)"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.train.grad_clip)
         self.scaler.step(self.optimizer)
@@ -327,6 +325,13 @@ def train(
         writers.append(EpochPrinter())
     trainer = Trainer(config, stacks, val_stack, run, writers)
     if state is not None:
+        saved = [s["name"] for s in state["normalization"]["training_stacks"]]
+        given = [s.name for s in trainer.stacks]
+        if saved != given:
+            raise DqlrError(
+                f"{run_dir}: --resume needs the run's training stacks ({', '.join(saved)}); "
+                f"given {', '.join(given)}"
+            )
         trainer.load_state_dict({**state["trainer"], "model": state["model"]})
     elif run.progress:
         tqdm.write(f"dqlr train: {len(stacks)} training stack(s), validation on {trainer.val.name}{note}")

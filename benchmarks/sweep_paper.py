@@ -72,7 +72,7 @@ def run_variant(
     from dqlr.io import read_stack
     from dqlr.model.checkpoint import load_model
     from dqlr.runtime import pick_device
-    from dqlr.training.trainer import train
+    from dqlr.training.run import train
 
     # one folder per budget, so a run of another budget is never resumed as if it were this one
     data_dir = Path(data)

@@ -8,7 +8,7 @@ from dqlr.evaluation.metrics import sharpness
 from dqlr.inference.enhance import degradation_levels, enhance
 from dqlr.model.checkpoint import load_model
 from dqlr.simulation import simulate_plant
-from dqlr.training.trainer import train
+from dqlr.training.run import train
 from tests.conftest import tiny_config
 
 

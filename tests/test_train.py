@@ -11,7 +11,8 @@ from dqlr.errors import DqlrError
 from dqlr.model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from dqlr.normalize import fit_normalization
 from dqlr.training.data import WindowSampler
-from dqlr.training.trainer import Trainer, train
+from dqlr.training.run import train
+from dqlr.training.trainer import Trainer
 from tests.conftest import tiny_config
 
 QUIET = RunOptions(progress=False, device="cpu")

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from dqlr.io import Stack
     from dqlr.model.checkpoint import LoadedModel
     from dqlr.simulation import Optics, SimulatedPlant
-    from dqlr.training.trainer import TrainResult
+    from dqlr.training.run import TrainResult
 
 PathLike = str | Path
 StackLike = str | Path | np.ndarray
@@ -105,7 +105,7 @@ def train(
     progress; never saved). `resume=True` continues the run in `run_dir` exactly.
     """
     from dqlr.reporting.figures import CurvePlotter
-    from dqlr.training.trainer import train as _train
+    from dqlr.training.run import train as _train
 
     return _train(
         train_stacks,

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from dqlr.atomic import atomic_path
-from dqlr.training.callbacks import Callback
+from dqlr.training.trainer import Callback
 
 if TYPE_CHECKING:
     from dqlr.training.trainer import Trainer

@@ -8,26 +8,13 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from dqlr.atomic import write_text
 from dqlr.config import save_config
 from dqlr.model.checkpoint import save_checkpoint
-
-if TYPE_CHECKING:
-    from dqlr.training.trainer import Trainer
-
-
-class Callback:
-    """Hooks the Trainer calls; subclass and override what you need."""
-
-    def on_start(self, trainer: Trainer) -> None:
-        """Before the first epoch of a fit() call."""
-
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, float], is_best: bool) -> None:
-        """After each epoch, with its metrics row (already in trainer.history)."""
+from dqlr.training.trainer import Callback, Trainer
 
 
 class CheckpointWriter(Callback):

@@ -161,3 +161,24 @@ def test_an_old_config_file_names_where_its_keys_went(tmp_path: Path) -> None:
     path.write_text("train:\n  device: cuda\n")
     with pytest.raises(dqlr.DqlrError, match="run option now: pass --device"):
         load_config(path)
+
+
+def _cli_lines(markdown: str) -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", markdown, flags=re.S)
+    lines = [line.split("#")[0].split(">")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.startswith("dqlr ")]
+
+
+def test_readme_commands_are_accepted_by_the_cli() -> None:
+    """Every `dqlr ...` line of the README parses: no option there is stale or misspelt."""
+    import shlex
+
+    from dqlr.cli import build_parser
+
+    lines = _cli_lines((ROOT / "README.md").read_text())
+    assert len(lines) >= 8
+    parser = build_parser()
+    for line in lines:
+        plain = line.replace("[", "").replace("]", "")  # [--option value] marks an optional part
+        words = ["x.tif" if word == "..." else word for word in shlex.split(plain)[1:]]
+        parser.parse_args(words)  # exits (fails the test) on an unknown option

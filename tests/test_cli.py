@@ -73,8 +73,8 @@ def test_train_then_enhance_from_the_command_line(tmp_path, capsys) -> None:
     code = main(
         ["enhance", str(sim / "plant01_observed.tif"), "-o", str(out), "--model", str(run / "best.pt")]
     )
-    assert code == 1  # the one file failed: output exists
-    assert "--force" in capsys.readouterr().err
+    assert code == 2  # one input: its problem is the command's, in one line
+    assert "--force" in _error_line(capsys)
 
 
 def test_bad_config_value_exits_with_one_line(tmp_path, capsys) -> None:
@@ -174,6 +174,9 @@ def test_convert_rewrites_an_old_model(tmp_path, capsys) -> None:
         {"format": "dqlr-checkpoint", "version": 1, "config": old, "model": network.state_dict()},
         tmp_path / "a.pt",
     )
+    from dqlr.io import write_stack
+
+    write_stack(tmp_path / "x.tif", np.zeros((4, 32, 32), np.uint16))
     assert (
         main(
             [
@@ -200,3 +203,41 @@ def test_a_bad_run_option_is_one_line(tmp_path, capsys) -> None:
     capsys.readouterr()
     code = main(["train", str(sim / "plant00_observed.tif"), "--out", str(tmp_path / "r"), "--threads", "-1"])
     assert code == 2 and "num_threads" in _error_line(capsys)
+
+
+def test_enhance_adapt_fine_tunes_on_the_input_then_enhances(tmp_path, capsys) -> None:
+    from dqlr.model.checkpoint import load_model
+
+    sim = tmp_path / "sim"
+    main(["simulate", str(sim), "--plants", "1", "--shape", "12", "64", "64"])
+    stack, out = str(sim / "plant00_observed.tif"), tmp_path / "out.tif"
+    code = main(
+        [
+            "enhance",
+            stack,
+            "-o",
+            str(out),
+            "--mode",
+            "paper",
+            "--adapt",
+            "--adapt-minutes",
+            "0.05",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0 and read_stack(out).data.shape == (12, 64, 64)
+    adapted = tmp_path / "out.adapted" / "best.pt"
+    assert adapted.is_file() and load_model(adapted).meta["init"] == "paper"
+    assert "adapted model" in capsys.readouterr().out
+    # the adapted model is a model like any other: fine-tune it further with train --init
+    run = tmp_path / "more"
+    config = tmp_path / "c.yaml"
+    import yaml
+
+    from dqlr.model.checkpoint import load_model as _load
+
+    saved = _load(adapted).config.with_overrides({"train.epochs": 1, "train.steps_per_epoch": 2})
+    config.write_text(yaml.safe_dump(saved.to_dict()))
+    assert main(["train", stack, "--out", str(run), "--init", str(adapted), "--config", str(config)]) == 0
+    assert load_model(run / "last.pt").meta["init"] == "best.pt"

@@ -84,6 +84,28 @@ def test_blur_grows_with_depth_and_tracks_truth(plant: SimulatedPlant, estimate:
     assert np.all(np.diff(blur) >= 0)
     assert stats.spearmanr(blur[stop:], truth[stop:]).statistic > 0.9
     assert blur[-1] == pytest.approx(truth[-1], rel=0.3)
+    assert estimate.reliable and estimate.notes == []
+
+
+def test_blur_error(plant: SimulatedPlant, estimate: DepthDegradation) -> None:
+    """The blur's standard error is 0 for the reference, positive and under 0.5 px below it
+    (measured 0.04-0.41 px, growing with depth), and the deepest blur is within 3 errors of the
+    truth (measured +0.25 px, 1.3 errors). The error is statistical only: just below the
+    reference the estimate reads 3-7 errors high, the axial blur it folds in."""
+    error = estimate.blur_sigma_px_error
+    assert error is not None
+    first, stop = estimate.reference_slices
+    assert np.all(error[:stop] == 0) and np.all((error[stop:] > 0) & (error[stop:] < 0.5))
+    deviation = abs(estimate.blur_sigma_px[-1] - true_extra_sigma(plant, estimate)[-1])
+    assert deviation < 3 * error[-1]
+
+
+def test_bottom_up_stack_is_not_reliable(small: SimulatedPlant) -> None:
+    """Stored bottom-up, the slices below the reference are sharper than it: the curve (all 0 after
+    the monotone fit) is marked unreliable and a note says why."""
+    est = estimate_degradation(small.observed[::-1], small.voxel_size)
+    assert not est.reliable and np.all(est.blur_sigma_px == 0)
+    assert any("sharper" in note for note in est.notes)
 
 
 def test_attenuation_falls_and_tracks_truth(plant: SimulatedPlant, estimate: DepthDegradation) -> None:
@@ -118,6 +140,7 @@ def test_no_degradation_estimates_none() -> None:
     assert est.blur_sigma_px.max() < 0.8
     assert est.attenuation.min() > 0.85
     assert est.halo_fraction.max() < 0.1
+    assert est.reliable  # measured, and flat
 
 
 def sharpness(image: np.ndarray, mask: np.ndarray, background: float) -> float:
@@ -209,6 +232,8 @@ def test_record_round_trip_and_relative(estimate: DepthDegradation) -> None:
     for name in ("blur_sigma_px", "halo_fraction", "attenuation", "background"):
         np.testing.assert_array_equal(getattr(back, name), getattr(estimate, name))
     assert back.reference_slices == estimate.reference_slices and back.gain == estimate.gain
+    assert (back.notes, back.reliable) == (estimate.notes, estimate.reliable)
+    np.testing.assert_array_equal(back.blur_sigma_px_error, estimate.blur_sigma_px_error)
     same = estimate.relative(20, 20)
     assert same["blur_sigma_px"] == 0 and same["halo_fraction"] == 0 and same["attenuation"] == 1
     deep = estimate.at(SHAPE[0] - 1)

@@ -38,7 +38,8 @@ def test_depth_aware_sharpens_deep_slices_more_than_paper_mode(plants, tmp_path)
     aware = _run("depth-aware", plants, tmp_path / "aware")
     model = load_model(aware)
     assert model.config.conditioned and model.meta["mode"] == "depth-aware"
-    levels = degradation_levels(plants[1].observed, model)
+    levels, notes = degradation_levels(plants[1].observed, model)
+    assert levels is not None and not any("without depth conditioning" in n for n in notes)
     assert levels[-1] > levels[len(levels) // 4]  # deeper slices get a higher degradation level
     deep = range(18, 24)
     sharp = {}

@@ -1,5 +1,6 @@
 """Training: the loss falls, a run folder is self-sufficient, the Trainer's state round-trips,
-resume continues exactly and refuses options it would ignore, and global state is left alone."""
+resume continues exactly and refuses options it would ignore, and global state is left alone.
+A run can start from a model (--init), stops on a time budget and on Ctrl-C with its files whole."""
 
 import numpy as np
 import pytest
@@ -8,11 +9,12 @@ import torch
 import dqlr
 from dqlr.config import RunOptions, load_config
 from dqlr.errors import DqlrError
-from dqlr.model.checkpoint import load_model, read_checkpoint, save_checkpoint
+from dqlr.model.checkpoint import build_network, load_model, read_checkpoint, save_checkpoint
 from dqlr.normalize import fit_normalization
+from dqlr.reporting.figures import CurvePlotter
 from dqlr.training.data import WindowSampler
 from dqlr.training.run import train
-from dqlr.training.trainer import Trainer
+from dqlr.training.trainer import Callback, Trainer
 from tests.conftest import tiny_config
 
 QUIET = RunOptions(progress=False, device="cpu")
@@ -166,3 +168,111 @@ def test_depth_aware_trainer_state_round_trips_through_a_checkpoint_file(tmp_pat
     second.load_state_dict({**saved["trainer"], "model": saved["model"]})
     second.fit()
     _weights_equal(straight.network.state_dict(), second.network.state_dict())
+
+
+# -- starting from a model, time budget, Ctrl-C --------------------------------------------------
+
+
+def save_tiny_model(path, config, seed: int = 5):
+    """A model file with weights unlike those a run seeded with config.train.seed would draw."""
+    torch.manual_seed(seed)
+    network = build_network(config)
+    save_checkpoint(path, {"config": config.to_dict(), "model": network.state_dict()})
+    return load_model(path)
+
+
+class WeightsAtStart(Callback):
+    def on_start(self, trainer: Trainer) -> None:
+        self.weights = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+
+
+def _not_quantizer(state: dict) -> dict:
+    """The EMA codebook moves without the optimiser; everything else follows the learning rate."""
+    return {k: v for k, v in state.items() if not k.startswith("quantizer.")}
+
+
+def test_init_starts_from_exactly_the_init_weights(tiny_plants, tmp_path) -> None:
+    config = tiny_config().with_overrides({"train.epochs": 1, "train.steps_per_epoch": 1})
+    init = save_tiny_model(tmp_path / "models" / "tiny.pt", config)
+    seen = WeightsAtStart()
+    still = config.with_overrides({"train.learning_rate": 1e-12})
+    result = train(tiny_plants[:1], tmp_path / "still", still, run=QUIET, callbacks=[seen], init=init.path)
+    _weights_equal(seen.weights, init.network.state_dict())
+    after = _not_quantizer(read_checkpoint(result.last)["model"])
+    for key, value in _not_quantizer(init.network.state_dict()).items():
+        assert torch.allclose(after[key], value, rtol=0, atol=1e-8), key
+    curves = CurvePlotter(tmp_path / "moved" / "curves.png")  # draws the start row (no train loss)
+    moved = train(tiny_plants[:1], tmp_path / "moved", config, run=QUIET, callbacks=[curves], init=init)
+    assert (tmp_path / "moved" / "curves.png").is_file()
+    changed = _not_quantizer(read_checkpoint(moved.last)["model"])
+    assert any(not torch.equal(changed[k], v) for k, v in _not_quantizer(init.network.state_dict()).items())
+    assert result.init == "tiny.pt" and result.history[0]["epoch"] == 0  # the init model validated first
+    state = read_checkpoint(result.best)
+    assert state["init"] == "tiny.pt"
+    assert str(tmp_path) not in str({k: v for k, v in state.items() if k != "model"})
+
+
+def test_init_takes_the_network_from_the_model_and_refuses_another(tiny_plants, tmp_path) -> None:
+    config = tiny_config().with_overrides({"train.epochs": 2, "train.steps_per_epoch": 1})
+    init = save_tiny_model(tmp_path / "tiny.pt", config)
+    result = train(tiny_plants[:1], tmp_path / "run", run=QUIET, init=init, stop_after_epochs=1)
+    assert load_model(result.last).config == config  # no config given: the model's own
+    resumed = train(tiny_plants[:1], tmp_path / "run", run=QUIET, resume=True)
+    assert resumed.init == "tiny.pt" and read_checkpoint(resumed.last)["init"] == "tiny.pt"
+    assert [row["epoch"] for row in resumed.history] == [0, 1, 2]
+    for key, value in [("model.base_channels", 16), ("mode", "depth-aware")]:
+        other = config.with_overrides({key: value})
+        with pytest.raises(DqlrError, match=key) as error:
+            train(tiny_plants[:1], tmp_path / "other", other, run=QUIET, init=init)
+        assert "\n" not in str(error.value)
+    with pytest.raises(DqlrError, match="only one"):
+        train(tiny_plants[:1], tmp_path / "run", run=QUIET, init=init, resume=True)
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_time_budget_ends_the_epoch_early_and_saves(tiny_plants, tmp_path) -> None:
+    config = tiny_config().with_overrides({"train.epochs": 3, "train.steps_per_epoch": 50})
+    run = RunOptions(progress=False, device="cpu", max_minutes=0.002)
+    result = train(tiny_plants[:1], tmp_path / "run", config, run=run)
+    assert result.out_of_time and not result.interrupted
+    assert len(result.history) == 1 and result.history[0]["step"] < 10
+    loaded = load_model(result.best)
+    assert loaded.meta["epoch"] == 1 and (tmp_path / "run" / "last.pt").is_file()
+    assert "max_minutes" not in (tmp_path / "run" / "config.yaml").read_text()
+    assert not list((tmp_path / "run").glob(".*tmp*"))
+
+
+def test_ctrl_c_in_a_step_keeps_the_last_epoch_and_resume_continues_exactly(
+    tiny_plants, tmp_path, monkeypatch
+) -> None:
+    config = tiny_config()  # 2 epochs of 6 steps
+    straight = train(tiny_plants[:1], tmp_path / "a", config, val_stack=tiny_plants[1], run=QUIET)
+    calls, step = [0], Trainer._step
+
+    def interrupted_step(self: Trainer) -> dict[str, float]:
+        calls[0] += 1
+        if calls[0] == 9:  # three steps into epoch 2
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_step", interrupted_step)
+    result = train(tiny_plants[:1], tmp_path / "b", config, val_stack=tiny_plants[1], run=QUIET)
+    assert result.interrupted and [r["epoch"] for r in result.history] == [1]
+    assert load_model(result.best).meta["epoch"] == 1 and read_checkpoint(result.last)["epoch"] == 1
+    assert not list((tmp_path / "b").glob(".*tmp*"))
+    monkeypatch.undo()
+    resumed = train(tiny_plants[:1], tmp_path / "b", val_stack=tiny_plants[1], resume=True, run=QUIET)
+    _weights_equal(read_checkpoint(straight.last)["model"], read_checkpoint(resumed.last)["model"])
+
+
+class CtrlC(Callback):
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float], is_best: bool) -> None:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_a_callback_returns_with_a_usable_best_model(tiny_plants, tmp_path) -> None:
+    config = tiny_config().with_overrides({"train.epochs": 5})
+    result = train(tiny_plants[:1], tmp_path / "run", config, run=QUIET, callbacks=[CtrlC()])
+    assert result.interrupted and len(result.history) == 1 and result.best_epoch == 1
+    out = dqlr.enhance(tiny_plants[1], load_model(result.best))
+    assert out.shape == tiny_plants[1].shape

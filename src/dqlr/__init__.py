@@ -12,7 +12,7 @@ dqlr.evaluation, dqlr.reporting); see ARCHITECTURE.md.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from dqlr.api import enhance, estimate, evaluate, load_model, read_stack, simulate, train, write_stack
+from dqlr.api import adapt, enhance, estimate, evaluate, load_model, read_stack, simulate, train, write_stack
 from dqlr.config import Config, EnhanceOptions, RunOptions
 from dqlr.errors import DqlrError
 
@@ -26,6 +26,7 @@ __all__ = [
     "DqlrError",
     "EnhanceOptions",
     "RunOptions",
+    "adapt",
     "enhance",
     "estimate",
     "evaluate",

@@ -84,7 +84,10 @@ def estimate(
     the curves shown are the ones a model is conditioned on.
     """
     from dqlr.degradation import estimate_degradation
+    from dqlr.io import Stack, check_stack
 
+    data = stack.data if isinstance(stack, Stack) else stack
+    check_stack(data, getattr(stack, "path", None) or "input stack")  # before any estimate work
     if reference_fraction is None:
         reference_fraction = Config().depth_aware.reference_fraction
     return estimate_degradation(stack, voxel_size=voxel_size, reference_fraction=reference_fraction)
@@ -98,11 +101,13 @@ def train(
     resume: bool = False,
     run: RunOptions | None = None,
     stop_after_epochs: int | None = None,
+    init: LoadedModel | str | Path | None = None,
 ) -> TrainResult:
     """Train a DQLR model on noisy stacks alone, into `run_dir` (checkpoints, metrics, curves.png).
 
     `config` is what the model is (saved with it); `run` how this run executes (device, threads,
-    progress; never saved). `resume=True` continues the run in `run_dir` exactly.
+    progress, max_minutes; never saved). `resume=True` continues the run in `run_dir` exactly.
+    `init` starts from a model's weights (a shipped name or a file) to fine-tune it.
     """
     from dqlr.reporting.figures import CurvePlotter
     from dqlr.training.run import train as _train
@@ -116,7 +121,24 @@ def train(
         run=run,
         stop_after_epochs=stop_after_epochs,
         callbacks=[CurvePlotter(Path(run_dir) / "curves.png")],
+        init=init,
     )
+
+
+def adapt(
+    stacks: Sequence[StackLike],
+    model: LoadedModel | str | Path | None = None,
+    out_dir: PathLike = "adapted",
+    minutes: float = 3.0,
+    run: RunOptions | None = None,
+) -> TrainResult:
+    """Fine-tune a model (default: the shipped one) on your own stacks, self-supervised, within
+    `minutes` of wall time; the adapted model is `result.best` (a complete model file)."""
+    from dqlr.reporting.figures import CurvePlotter
+    from dqlr.training.adapt import adapt as _adapt
+
+    plotter = CurvePlotter(Path(out_dir) / "curves.png")
+    return _adapt(list(stacks), model, out_dir=out_dir, minutes=minutes, run=run, callbacks=[plotter])
 
 
 def enhance(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
 import yaml
 
@@ -72,7 +73,9 @@ def _train(args: argparse.Namespace) -> None:
         if overrides:
             config = config.with_overrides(overrides)
     run = RunOptions.of(device=args.device, num_threads=args.threads)
-    result = train(args.stacks, args.out, config, val_stack=args.val, resume=args.resume, run=run)
+    result = train(
+        args.stacks, args.out, config, val_stack=args.val, resume=args.resume, run=run, init=args.init
+    )
     print(f"checkpoints: {result.best} (best), {result.last} (last)")
 
 
@@ -80,27 +83,49 @@ def _enhance(args: argparse.Namespace) -> int:
     from dqlr.config import EnhanceOptions
     from dqlr.inference.enhance import enhance_files
 
-    options = EnhanceOptions.of(
-        tile=args.tile,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        device=args.device,
-        predict_next=args.predict_next,
-    )
+    options = EnhanceOptions.of(**{name: getattr(args, name) for name in EnhanceOptions.model_fields})
     if args.mode and args.model:
         raise DqlrError("give either --model or --mode, not both")
     model = args.mode or args.model
+    if args.adapt:
+        model = _adapted_model(args, model)
     outcomes = enhance_files(
         args.inputs, args.output, model, options, args.force, args.channel, args.timepoint
     )
+    if len(outcomes) == 1 and outcomes[0].error:  # one input: its problem is the command's
+        raise DqlrError(outcomes[0].error)
     failed = [o for o in outcomes if o.error]
     for outcome in outcomes:
+        for note in outcome.notes:
+            print(f"dqlr: note: {outcome.input}: {note}", file=sys.stderr)
         if outcome.error:
             print(f"failed: {outcome.error}", file=sys.stderr)
         else:
             print(f"{outcome.input} -> {', '.join(map(str, outcome.outputs))}")
     print(f"enhanced {len(outcomes) - len(failed)} of {len(outcomes)} stack(s)")
     return 1 if failed else 0
+
+
+def _adapted_model(args: argparse.Namespace, model: str | None) -> Path:
+    """--adapt: fine-tune on the inputs themselves; the model lands next to the output."""
+    from dqlr.api import adapt
+    from dqlr.atomic import refuse_existing
+    from dqlr.config import RunOptions
+    from dqlr.inference.enhance import expand_inputs
+
+    output = Path(args.output)
+    out_dir = output.parent / f"{output.name.split('.')[0]}.adapted"
+    refuse_existing(out_dir, args.force)
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    run = RunOptions.of(device=args.device)
+    result = adapt(expand_inputs(args.inputs), model, out_dir, minutes=args.adapt_minutes, run=run)
+    print(
+        f"adapted model: {result.best} ({'interrupted; ' if result.interrupted else ''}reuse it with --model)"
+    )
+    return result.best
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -131,7 +156,15 @@ def _estimate(args: argparse.Namespace) -> None:
     from dqlr.reporting.figures import degradation_figure
 
     stack = api.read_stack(args.stack, channel=args.channel, timepoint=args.timepoint, lazy=True)
-    estimate = api.estimate(stack.data, voxel_size=stack.voxel_size)
+    estimate = api.estimate(stack)
+    for note in estimate.notes:
+        print(f"dqlr: note: {args.stack}: {note}", file=sys.stderr)
+    if not estimate.reliable:
+        print(
+            f"dqlr: note: {args.stack}: the blur by depth could not be measured; a depth-aware model "
+            "enhances this stack without depth conditioning",
+            file=sys.stderr,
+        )
     print(
         f"noise model: gain {estimate.gain:.4g}, read noise {estimate.read_noise:.4g}, "
         f"offset {estimate.offset:.4g}; reference slices {estimate.reference_slices}"
@@ -194,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config (see `dqlr config`)")
     p.add_argument("--val", type=Path, help="validation stack (default: the last training stack)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--init", metavar="MODEL", help="fine-tune this model (a .pt file or a shipped name)")
     p.add_argument("--epochs", type=int)
     p.add_argument(
         "--mode",
@@ -229,16 +263,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the shipped model of this training mode instead of the shipped default",
     )
     for name, field in EnhanceOptions.model_fields.items():
-        p.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=type(field.default),
-            default=field.default,
-            metavar="N" if name == "predict_next" else None,
-            help=f"{field.description} (default: {field.default})",
-        )
+        flag, described = f"--{name.replace('_', '-')}", f"{field.description} (default: {field.default})"
+        if isinstance(field.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=described)
+        elif name == "voxel_size":
+            p.add_argument(flag, type=float, nargs=3, metavar=("Z", "Y", "X"), help=field.description)
+        elif name == "sharp_end":
+            p.add_argument(flag, choices=get_args(field.annotation), default=field.default, help=described)
+        else:
+            metavar = "N" if name == "predict_next" else None
+            p.add_argument(
+                flag, type=type(field.default), default=field.default, metavar=metavar, help=described
+            )
     p.add_argument("--channel", type=int)
     p.add_argument("--timepoint", type=int)
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument(
+        "--adapt",
+        action="store_true",
+        help="first fine-tune the model on the inputs themselves (self-supervised, no clean data); "
+        "the adapted model is written next to the output as NAME.adapted/best.pt",
+    )
+    p.add_argument(
+        "--adapt-minutes",
+        type=float,
+        default=3.0,
+        metavar="M",
+        help="wall-time budget of --adapt (default: 3)",
+    )
     p.set_defaults(run=_enhance)
 
     p = sub.add_parser("evaluate", help="quality by depth, with or without a clean reference")

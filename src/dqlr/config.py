@@ -205,6 +205,8 @@ class RunOptions(_Strict):
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on the CPU
     num_threads: int = Field(0, ge=0)  # CPU threads for this run; 0 keeps torch's count
     progress: bool = True
+    # Wall-time budget of one fit, in minutes: the epoch under way ends early (validated, saved).
+    max_minutes: float | None = Field(None, gt=0.0)
 
     @classmethod
     def of(cls, options: RunOptions | None = None, **settings: Any) -> RunOptions:
@@ -223,6 +225,16 @@ class EnhanceOptions(_Strict):
     batch_size: int = Field(4, ge=1, description="tiles per network call")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     predict_next: int = Field(0, ge=0, le=8, description="also give the predicted next N slices")
+    sharp_end: Literal["auto", "top", "bottom"] = Field(
+        "auto",
+        description="which end of the stack is sharp; auto detects it and turns the stack over if needed",
+    )
+    match_pixel_size: bool = Field(
+        True, description="resample slices to the model's pixel size and back when they differ by over 20%%"
+    )
+    voxel_size: tuple[float, float, float] | None = Field(
+        None, description="voxel size z y x in µm when the file has none (or to override it)"
+    )
 
     @model_validator(mode="after")
     def _overlap_at_most_half_a_tile(self) -> EnhanceOptions:

@@ -1,8 +1,10 @@
 """How a stack degrades with depth, estimated from the stack alone, and how to reproduce it.
 
-model: the `DepthDegradation` record; noise: camera noise by photon transfer; blur: blur from
-power spectra; estimate: `estimate_degradation` (blur, halo, attenuation, background per slice);
-synthesis: `degrade` and `make_pairs`; ops: stack access and Gaussian filters they share.
+model: the `DepthDegradation` record; noise: camera noise by photon transfer (or, without flat
+regions, from high-pass residuals); blur: blur from power spectra; estimate: `estimate_degradation`
+(blur, halo, attenuation, background per slice); assess: the blur's error, whether it is reliable
+and notes on fallbacks; synthesis: `degrade` and `make_pairs`; ops: stack access and Gaussian
+filters they share.
 """
 
 from dqlr.degradation.estimate import estimate_degradation

@@ -49,8 +49,9 @@ def fit_blur(
     counts: np.ndarray,
     ref: tuple[int, int],
     f_low: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per slice extra blur variance s**2 (px**2) and its weight (inverse variance, 0 if none).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slice extra blur variance s**2 (px**2), its weight (inverse variance, 0 if none) and its
+    standard error scaled up by the fit's residuals where they exceed the noise (NaN if none).
 
     Blurring by a Gaussian of sigma s multiplies the power spectrum by exp(-4 pi**2 f**2 s**2),
     so log(signal power / reference signal power) is a line in f**2 whose slope gives s**2. The
@@ -67,6 +68,7 @@ def fit_blur(
     )
     s2 = np.full(len(power), np.nan)
     weight = np.zeros(len(power))
+    error = np.full(len(power), np.nan)
     x = -4.0 * math.pi**2 * freq**2
     for z in range(len(power)):
         ok = ref_ok & (signal[z] > 3.0 * power[z] / np.sqrt(modes)) & (signal[z] > 0.2 * floor[z])
@@ -83,7 +85,10 @@ def fit_blur(
         cov = np.linalg.inv(a.T @ a)
         s2[z] = coef[1]
         weight[z] = 1.0 / cov[1, 1]
-    return s2, weight
+        # the weights expect unit residuals; a wall spectrum that is not Gaussian-blurred leaves more
+        misfit = float(np.sum((y - a @ coef) ** 2)) / (ok.sum() - 2)
+        error[z] = math.sqrt(cov[1, 1] * max(misfit, 1.0))
+    return s2, weight, error
 
 
 def power_law(s2: np.ndarray, weight: np.ndarray, first: int, stop: int) -> np.ndarray:

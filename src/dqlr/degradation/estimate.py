@@ -5,7 +5,8 @@ With no clean data and no known optics we measure each slice against the sharp u
 slices of the same stack:
 
 - noise: a photon-transfer fit (variance and third cumulant versus mean in flat regions), which gives
-  gain, read noise and camera offset;
+  gain, read noise and camera offset; without enough flat regions (dense walls), a line fit of
+  high-pass residual variance against level instead;
 - blur: the slope of log(power spectrum / reference power spectrum) against f**2 above the noise
   floor, i.e. the extra Gaussian sigma that turns the reference spectrum into the slice's. The
   spectral shape is set by the thin walls, so it is robust to cell size and tissue area changing
@@ -19,6 +20,11 @@ slices of the same stack:
   simulated stacks it reads above the true halo share, which is what makes degraded slices match.
 
 Per-slice values are then made monotone along z (isotonic regression).
+
+Nothing here raises on a valid stack: a step that cannot be measured falls back to a default (blur
+0, halo 0, attenuation 1, constant noise) and says so in `notes`; `reliable` says whether the
+blur curve was measured at all (assess.py). Where the photon-transfer path works, the numbers are
+exactly what they were before the fallbacks existed: shipped depth-aware models depend on them.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from dqlr.degradation.assess import assess_blur, blur_error
 from dqlr.degradation.blur import fit_blur, power_law, radial_spectra
 from dqlr.degradation.model import DEFAULT_PIXEL_UM, HALO_SIGMA_UM, MAX_HALO, DepthDegradation
-from dqlr.degradation.noise import estimate_noise
+from dqlr.degradation.noise import noise_model
 from dqlr.degradation.ops import gaussian_fft, read_plane, stack_array
 from dqlr.errors import DqlrError
 from dqlr.io import Stack
@@ -116,6 +123,17 @@ def _fit_halo(
     return 0.5 * (lo + hi)
 
 
+def _tissue_notes(area: np.ndarray, in_reference: bool, halo_fitted: bool) -> list[str]:
+    """What could not be measured for want of tissue (mask empty or tiny)."""
+    if area.max() < 0.01:
+        return ["tissue: none found in any slice; attenuation 1 and halo 0 assumed"]
+    if not in_reference:
+        return ["tissue: none in the reference slices; attenuation 1 and halo 0 assumed"]
+    if not halo_fitted:
+        return ["tissue: none below the reference; halo 0 assumed"]
+    return []
+
+
 def estimate_degradation(
     stack: Any,
     voxel_size: tuple[float, float, float] | None = None,
@@ -129,7 +147,8 @@ def estimate_degradation(
     given: halo_sigma_px, else 4 µm at the stack's pixel size (0.25 µm pixels if unknown).
     The deepest slices, where no blur can be measured (signal buried in noise at every usable
     frequency), get a power-law extrapolation of the measured ones. Slices above the reference
-    and the reference itself get no degradation (blur 0, halo 0, attenuation 1).
+    and the reference itself get no degradation (blur 0, halo 0, attenuation 1). Never raises on
+    a finite 3-D stack: what could not be measured is in the result's notes.
     """
     data = stack_array(stack)
     if voxel_size is None and isinstance(stack, Stack):
@@ -144,7 +163,7 @@ def estimate_degradation(
         raise DqlrError(f"halo_sigma_px must be positive, got {halo_sigma_px}")
     tissue_sigma = TISSUE_SIGMA_UM / pixel_um
     n_z = data.shape[0]
-    gain, read_noise, offset = estimate_noise(data)
+    (gain, read_noise, offset), notes = noise_model(data)
 
     # darkest smooth level and signal level per slice
     dark = np.zeros(n_z)
@@ -154,6 +173,9 @@ def estimate_degradation(
         dark[z] = np.percentile(ndimage.gaussian_filter(plane, 4.0), 2)
         level[z] = np.percentile(ndimage.gaussian_filter(plane, 2.0), 99) - dark[z]
     has_signal = level >= 0.1 * level.max()
+    if not has_signal.any():  # no slice rises above its dark level (a flat stack)
+        has_signal = level == level.max()
+        notes.append("signal: no slice rises above its dark level; the degradation is a default")
     dark0 = float(dark[has_signal].min())  # for tissue masks only
 
     # tissue area, in-tissue mean and floor (relative to dark0) per slice
@@ -175,7 +197,8 @@ def estimate_degradation(
     # floor, not the background, so the background may fall below the reference's but not rise.
     background = np.minimum(dark, np.median(dark[first:stop]))
     mean = mean0 + dark0 - background
-    floor_ratio = (floor0 + dark0 - background) / mean
+    with np.errstate(divide="ignore", invalid="ignore"):  # no signal in a slice: NaN, left out
+        floor_ratio = (floor0 + dark0 - background) / mean
 
     # attenuation: mean signal inside the tissue, relative to the reference
     attenuation = np.ones(n_z)
@@ -183,13 +206,15 @@ def estimate_degradation(
     if ref_ok.any():
         ref_mean = np.average(mean[first:stop][ref_ok], weights=area[first:stop][ref_ok])
         weight = np.where(np.isfinite(mean), area, 0.0)
-        fit = _monotone(mean / ref_mean, weight, stop, False)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a reference without signal: NaN
+            relative = mean / ref_mean
+        fit = _monotone(relative, weight, stop, False)
         attenuation[stop:] = np.clip(np.nan_to_num(fit[stop:], nan=1.0), 0.0, 1.0)
 
     # blur: spectral slope against the reference
     freq, power, floor, counts = radial_spectra(data, gain, read_noise, offset)
     f_low = 3.0 / (2.0 * math.pi * halo_sigma_px)  # the halo no longer reaches the spectrum here
-    s2, weight = fit_blur(freq, power, floor, counts, (first, stop), f_low)
+    s2, weight, s2_error = fit_blur(freq, power, floor, counts, (first, stop), f_low)
     blur = np.zeros(n_z)
     if stop < n_z:
         fit = np.nan_to_num(_monotone(s2, weight, stop, True), nan=0.0)
@@ -218,6 +243,10 @@ def estimate_degradation(
         fit = _monotone(raw, np.where(np.arange(n_z) >= zs[0], 1.0, 0.0), stop, True)
         halo[stop:] = np.clip(np.nan_to_num(fit[stop:], nan=0.0), 0.0, MAX_HALO)
 
+    reliable, blur_notes = assess_blur(s2, weight, s2_error, stop)
+    notes += _tissue_notes(area, ref_ok.any(), bool(refs and depths) or stop >= n_z) + blur_notes
+    if reliable and not (blur.any() or halo.any() or (attenuation < 1).any()):
+        notes.append("no degradation with depth found: every slice is like the reference")
     return DepthDegradation(
         depth_index=np.arange(n_z),
         blur_sigma_px=blur,
@@ -229,4 +258,7 @@ def estimate_degradation(
         offset=float(offset),
         reference_slices=(first, stop),
         halo_sigma_px=halo_sigma_px,
+        notes=notes,
+        reliable=reliable,
+        blur_sigma_px_error=blur_error(blur, weight, s2_error, stop),
     )

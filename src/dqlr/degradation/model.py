@@ -7,7 +7,7 @@ numbers condition the depth-aware model) and turned into the parameters `degrade
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,10 @@ class DepthDegradation:
     dark level (offset plus stray light) in input units; gain (input units per photon),
     read_noise and offset: the camera noise model var = gain * (mean - offset) + read_noise**2.
     reference_slices: the half-open range [first, stop) of slices used as the sharp reference.
+    notes: one short sentence per step that could not be measured and fell back to a default;
+    reliable: False when the blur-by-depth curve could not be measured meaningfully (then a
+    depth-aware model should not be conditioned on it); blur_sigma_px_error: standard error of
+    blur_sigma_px (None in records made before it was estimated).
     """
 
     depth_index: np.ndarray
@@ -41,6 +45,9 @@ class DepthDegradation:
     offset: float
     reference_slices: tuple[int, int]
     halo_sigma_px: float = HALO_SIGMA_UM / DEFAULT_PIXEL_UM
+    notes: list[str] = field(default_factory=list)
+    reliable: bool = True
+    blur_sigma_px_error: np.ndarray | None = None
 
     @property
     def reference_background(self) -> float:
@@ -82,6 +89,10 @@ class DepthDegradation:
                 out[f.name] = value.tolist()
             elif isinstance(value, tuple):
                 out[f.name] = [int(v) for v in value]
+            elif isinstance(value, list):
+                out[f.name] = [str(v) for v in value]
+            elif value is None or isinstance(value, bool):
+                out[f.name] = value
             else:
                 out[f.name] = float(value)
         return out
@@ -100,6 +111,14 @@ class DepthDegradation:
                 offset=float(d["offset"]),
                 reference_slices=(int(d["reference_slices"][0]), int(d["reference_slices"][1])),
                 halo_sigma_px=float(d.get("halo_sigma_px", HALO_SIGMA_UM / DEFAULT_PIXEL_UM)),
+                notes=[str(note) for note in d.get("notes", [])],
+                reliable=bool(d.get("reliable", True)),
+                blur_sigma_px_error=_optional_array(d.get("blur_sigma_px_error")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise DqlrError(f"invalid degradation record: {error}") from None
+
+
+def _optional_array(value: Any) -> np.ndarray | None:
+    """A float array, or None for records written before the field existed."""
+    return None if value is None else np.asarray(value, dtype=float)

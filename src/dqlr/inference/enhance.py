@@ -8,8 +8,9 @@ slice is encoded once. Memory holds two slices and their latents, never the whol
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dqlr.atomic import refuse_existing
 from dqlr.config import EnhanceOptions
-from dqlr.errors import DqlrError
+from dqlr.errors import DqlrError, DqlrWarning
+from dqlr.inference.checks import assess
 from dqlr.inference.tiling import Blender, tile_grid
-from dqlr.io import check_finite, create_stack_writer, read_stack, stack_format
+from dqlr.io import StackView, check_finite, check_stack, create_stack_writer, read_stack, stack_format
 from dqlr.model import pad_to_multiple
 from dqlr.model.checkpoint import LoadedModel, load_model
 from dqlr.normalize import Normalization, denormalize, fit_normalization, normalize
@@ -186,17 +189,11 @@ def _batches(order: list[int], regions: list[tuple[slice, slice]], size: int) ->
         yield batch
 
 
-def _check_stack(stack: Any, name: str) -> None:
-    if getattr(stack, "ndim", 0) != 3:
-        raise DqlrError(f"{name}: dqlr needs a 3-D ZYX stack, got shape {getattr(stack, 'shape', '?')}")
-    if stack.shape[0] < 3:
-        raise DqlrError(f"{name}: has {stack.shape[0]} slices; dqlr needs at least 3")
-
-
-def degradation_levels(stack: Any, model: LoadedModel) -> np.ndarray | None:
-    """Per-slice condition of a depth-aware model: the stack's own estimated extra blur by depth."""
+def degradation_levels(stack: Any, model: LoadedModel) -> tuple[np.ndarray | None, list[str]]:
+    """Per-slice condition of a depth-aware model: the stack's own estimated extra blur by depth,
+    and notes on what could not be estimated (then no conditioning: all levels 0)."""
     if not model.config.conditioned:
-        return None
+        return None, []
     from dqlr.degradation import estimate_degradation
 
     settings = model.config.depth_aware
@@ -206,14 +203,69 @@ def degradation_levels(stack: Any, model: LoadedModel) -> np.ndarray | None:
     depth, height, width = stack.shape
     y0, x0 = max((height - 512) // 2, 0), max((width - 512) // 2, 0)
     view = stack[:, y0 : y0 + 512, x0 : x0 + 512]
-    estimate = estimate_degradation(view, reference_fraction=settings.reference_fraction)
-    return np.asarray(estimate.blur_sigma_px, np.float32) / settings.condition_scale_px
+    none = np.zeros(depth, np.float32)
+    try:
+        estimate = estimate_degradation(view, reference_fraction=settings.reference_fraction)
+    except DqlrError as error:
+        return none, [
+            f"depth degradation could not be estimated ({error}); enhanced without depth conditioning"
+        ]
+    notes = [f"depth estimate: {note}" for note in getattr(estimate, "notes", [])]
+    if not getattr(estimate, "reliable", True):
+        return none, [*notes, "the blur by depth could not be measured; enhanced without depth conditioning"]
+    return np.asarray(estimate.blur_sigma_px, np.float32) / settings.condition_scale_px, notes
 
 
 def fit_stack_normalization(stack: Any, model: LoadedModel) -> Normalization:
     """Per-stack percentiles, as the model was trained with (never per slice)."""
     data = model.config.data
     return fit_normalization(stack, data.percentile_low, data.percentile_high)
+
+
+@dataclass
+class Plan:
+    """How one stack goes through a model: the view the model sees, its normalisation, the
+    depth levels, and what the user should be told."""
+
+    view: StackView
+    norm: Normalization
+    levels: np.ndarray | None
+    notes: list[str]
+
+
+def plan_enhancement(
+    data: Any,
+    model: LoadedModel,
+    options: EnhanceOptions,
+    voxel_size: tuple[float, float, float] | None = None,
+    name: str = "input stack",
+) -> Plan:
+    """Check the input first, then measure it against the model's assumptions."""
+    check_stack(data, name)
+    trained = model.meta.get("voxel_size")
+    findings = assess(
+        data,
+        options.sharp_end,
+        voxel_size,
+        tuple(trained) if trained else None,
+        options.match_pixel_size,
+    )
+    view = StackView(data, flip=findings.flip, zoom=findings.zoom)
+    levels, more = degradation_levels(view, model)
+    return Plan(view, fit_stack_normalization(data, model), levels, findings.notes + more)
+
+
+def enhanced_slices(
+    plan: Plan, model: LoadedModel, options: EnhanceOptions, progress: tqdm | None = None
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """(source slice index, enhanced slice, predicted next slices) in the source's geometry and
+    normalised units; slices come in the model's order (from the sharp end)."""
+    view = plan.view
+    for z, (enhanced, predicted) in enumerate(
+        iter_enhanced(view, model, plan.norm, options, progress, plan.levels)
+    ):
+        restored = None if predicted is None else view.restore_plane(predicted)
+        yield view.source_index(z), view.restore_plane(enhanced), restored
 
 
 def enhance(
@@ -227,20 +279,23 @@ def enhance(
     """Enhance a ZYX stack in memory; returns a stack of the same shape and dtype.
 
     `model`: a LoadedModel, a checkpoint path, a shipped model's name, or None for the shipped
-    default. Settings of EnhanceOptions (tile, overlap, batch_size, device, predict_next) may be
-    given as keywords; predictions of the next slices are only written by enhance_file.
+    default. Settings of EnhanceOptions may be given as keywords. What differs from the model's
+    assumptions (sharp end, pixel size, no depth trend, estimate fallbacks) is reported as a
+    DqlrWarning; predictions of the next slices are only written by enhance_file.
     """
-    _check_stack(stack, "input stack")
     options = EnhanceOptions.of(options, **settings)
     if options.predict_next:
         raise DqlrError("enhance: predict_next needs an output file; use enhance_file or `dqlr enhance`")
+    voxel_size = options.voxel_size
+    check_stack(stack, "input stack")
     loaded = as_model(model, options.device)
-    norm = fit_stack_normalization(stack, loaded)
+    plan = plan_enhancement(stack, loaded, options, voxel_size)
+    for note in plan.notes:
+        warnings.warn(note, DqlrWarning, stacklevel=2)
     out = np.empty(stack.shape, stack.dtype)
-    levels = degradation_levels(stack, loaded)
     with tqdm(total=stack.shape[0], desc="enhance", unit="slice", disable=not progress) as bar:
-        for z, (slice_, _) in enumerate(iter_enhanced(stack, loaded, norm, options, bar, levels)):
-            out[z] = denormalize(slice_, norm, stack.dtype)
+        for z, slice_, _ in enhanced_slices(plan, loaded, options, bar):
+            out[z] = denormalize(slice_, plan.norm, stack.dtype)
     return out
 
 
@@ -249,6 +304,38 @@ def _next_path(output: Path, k: int) -> Path:
     suffix = {"ome-tiff": ".ome.tif", "tiff": ".tif", "zarr": ".zarr"}[fmt]
     stem = output.name[: -len(suffix)] if output.name.lower().endswith(suffix) else output.stem
     return output.with_name(f"{stem}.next{k}{suffix}")
+
+
+def _enhance_file(
+    input_path: Path,
+    output_path: Path,
+    loaded: LoadedModel,
+    options: EnhanceOptions,
+    force: bool,
+    channel: int | None,
+    timepoint: int | None,
+    progress: tqdm | None,
+) -> tuple[list[Path], list[str]]:
+    """enhance_file's work; returns the written paths and the notes for the user."""
+    stack = read_stack(input_path, channel=channel, timepoint=timepoint, lazy=True)
+    stack_format(output_path)
+    voxel_size = options.voxel_size or stack.voxel_size
+    plan = plan_enhancement(stack.data, loaded, options, voxel_size, str(input_path))
+    shape, dtype = stack.data.shape, stack.data.dtype
+    paths = [output_path] + [_next_path(output_path, k + 1) for k in range(options.predict_next)]
+    with contextlib.ExitStack() as open_writers:  # on any error every temp output is removed
+        writers = [
+            open_writers.enter_context(
+                create_stack_writer(p, shape, dtype, voxel_size, force=force, protect=[input_path])
+            )
+            for p in paths
+        ]
+        for z, slice_, predicted in enhanced_slices(plan, loaded, options, progress):
+            writers[0][z] = denormalize(slice_, plan.norm, dtype)
+            for k in range(options.predict_next):
+                assert predicted is not None
+                writers[k + 1][z] = denormalize(predicted[k], plan.norm, dtype)
+    return paths, plan.notes
 
 
 def enhance_file(
@@ -265,32 +352,16 @@ def enhance_file(
 
     Slices stream from the (memory-mapped) input to the output, written to a temp file and renamed
     when complete; the input is never overwritten. With predict_next = n, n more stacks are
-    written next to the output: slice i of `NAME.next{k}` is the prediction of slice i+k from slice i.
+    written next to the output: slice i of `NAME.next{k}` is the prediction, from slice i, of the
+    slice k further from the sharp end. Notes on the stack come as DqlrWarnings.
     """
     options = options or EnhanceOptions()
-    input_path, output_path = Path(input_path), Path(output_path)
-    stack = read_stack(input_path, channel=channel, timepoint=timepoint, lazy=True)
-    _check_stack(stack.data, str(input_path))
-    stack_format(output_path)
     loaded = as_model(model, options.device)
-    norm = fit_stack_normalization(stack.data, loaded)
-    levels = degradation_levels(stack.data, loaded)
-    shape, dtype = stack.data.shape, stack.data.dtype
-    paths = [output_path] + [_next_path(output_path, k + 1) for k in range(options.predict_next)]
-    with contextlib.ExitStack() as open_writers:  # on any error every temp output is removed
-        writers = [
-            open_writers.enter_context(
-                create_stack_writer(p, shape, dtype, stack.voxel_size, force=force, protect=[input_path])
-            )
-            for p in paths
-        ]
-        for z, (slice_, predicted) in enumerate(
-            iter_enhanced(stack.data, loaded, norm, options, progress, levels)
-        ):
-            writers[0][z] = denormalize(slice_, norm, dtype)
-            for k in range(options.predict_next):
-                assert predicted is not None
-                writers[k + 1][z] = denormalize(predicted[k], norm, dtype)
+    paths, notes = _enhance_file(
+        Path(input_path), Path(output_path), loaded, options, force, channel, timepoint, progress
+    )
+    for note in notes:
+        warnings.warn(f"{input_path}: {note}", DqlrWarning, stacklevel=2)
     return paths
 
 
@@ -299,6 +370,7 @@ class FileOutcome:
     input: Path
     outputs: list[Path]
     error: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def enhance_files(
@@ -324,22 +396,33 @@ def enhance_files(
         targets = [output / f.name for f in files]
     else:
         targets = [output]
-    loaded = as_model(model, options.device)
+    # Every check that needs no model runs first, so a bad input or an existing output costs nothing.
+    problems: dict[Path, str] = {}
     depths = []
-    for f in files:
-        try:
-            depths.append(read_stack(f, channel=channel, timepoint=timepoint, lazy=True).shape[0])
-        except DqlrError:
-            depths.append(0)
-    bar = tqdm(total=sum(depths), desc="enhance", unit="slice", disable=not progress)
-    outcomes = []
     for source, target in zip(files, targets, strict=True):
         try:
-            written = enhance_file(source, target, loaded, options, force, channel, timepoint, progress=bar)
-            outcomes.append(FileOutcome(source, written))
+            stack_format(target)
+            refuse_existing(target, force)
+            depths.append(read_stack(source, channel=channel, timepoint=timepoint, lazy=True).shape[0])
         except DqlrError as error:
-            outcomes.append(FileOutcome(source, [], str(error)))
-    bar.close()
+            problems[source] = str(error)
+            depths.append(0)
+    if len(problems) == len(files):
+        return [FileOutcome(source, [], problems[source]) for source in files]
+    loaded = as_model(model, options.device)
+    outcomes = []
+    with tqdm(total=sum(depths), desc="enhance", unit="slice", disable=not progress) as bar:
+        for source, target in zip(files, targets, strict=True):
+            if source in problems:
+                outcomes.append(FileOutcome(source, [], problems[source]))
+                continue
+            try:
+                written, notes = _enhance_file(
+                    source, target, loaded, options, force, channel, timepoint, bar
+                )
+                outcomes.append(FileOutcome(source, written, notes=notes))
+            except DqlrError as error:
+                outcomes.append(FileOutcome(source, [], str(error)))
     return outcomes
 
 

@@ -19,6 +19,7 @@ PathLike = str | os.PathLike[str]
 
 SUPPORTED = ".tif, .tiff, .ome.tif, .ome.tiff, .zarr"
 MIN_SLICES = 3
+MIN_SIDE = 16  # pixels per side: below this no tile or spectrum means anything
 
 
 @dataclass
@@ -78,6 +79,67 @@ class LazyStack:
         return f"LazyStack(shape={self.shape}, dtype={self.dtype})"
 
 
+def _resize(image: np.ndarray, shape: tuple[int, ...], anti_aliasing: bool) -> np.ndarray:
+    """Linear resampling to `shape` (float32), low-passed first when shrinking."""
+    from skimage.transform import resize
+
+    out = resize(image, shape, order=1, anti_aliasing=anti_aliasing, preserve_range=True)  # type: ignore[no-untyped-call]
+    return np.asarray(out, np.float32)
+
+
+class StackView:
+    """A ZYX stack computed slice by slice from another: turned over in z and/or resized in XY.
+
+    Lets a model see a stack the way it was trained (sharp end on top, its pixel size) without
+    copying the stack; `restore_plane` maps a result slice back to the source's geometry.
+    """
+
+    ndim = 3
+
+    def __init__(self, source: Any, flip: bool = False, zoom: float = 1.0) -> None:
+        self.source, self.flip, self.zoom = source, flip, zoom
+        depth, height, width = (int(n) for n in source.shape)
+        self.source_plane_shape = (height, width)
+        if zoom != 1.0:
+            height, width = max(round(height * zoom), 8), max(round(width * zoom), 8)
+            self.dtype = np.dtype(np.float32)
+        else:
+            self.dtype = np.dtype(source.dtype)
+        self.shape = (depth, height, width)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def source_index(self, z: int) -> int:
+        """Slice of the source that slice z of the view shows."""
+        return self.shape[0] - 1 - z if self.flip else z
+
+    def plane(self, z: int) -> np.ndarray:
+        plane = np.asarray(self.source[self.source_index(z)])
+        if self.zoom == 1.0:
+            return plane
+        smaller = self.zoom < 1.0  # low-pass before shrinking, or noise aliases into structure
+        return _resize(plane.astype(np.float32), self.shape[1:], smaller)
+
+    def restore_plane(self, plane: np.ndarray) -> np.ndarray:
+        """A result slice (or a stack of them along the first axis) back at the source's size."""
+        if self.zoom == 1.0:
+            return plane
+        return _resize(plane, plane.shape[:-2] + self.source_plane_shape, self.zoom > 1.0)
+
+    def __getitem__(self, item: Any) -> np.ndarray:
+        items = item if isinstance(item, tuple) else (item,)
+        if items and items[0] is Ellipsis:
+            items = (slice(None),) * (self.ndim - len(items) + 1) + items[1:]
+        first, rest = (items[0], items[1:]) if items else (slice(None), ())
+        if isinstance(first, int | np.integer):
+            return self.plane(range(self.shape[0])[int(first)])[rest]
+        return np.stack([self.plane(z)[rest] for z in range(self.shape[0])[first]])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return np.asarray(self[...], dtype=dtype)
+
+
 def stack_format(path: PathLike) -> str:
     """Format from the file name: "tiff", "ome-tiff" or "zarr"."""
     name = Path(path).name.lower()
@@ -113,6 +175,26 @@ def check_finite(array: Any, path: PathLike | None, z: int | None = None) -> Non
         f"{path}: contains {what} values{where}; dqlr needs finite values, "
         "replace them (e.g. with 0 in Fiji: Process > Math > Remove NaNs)"
     )
+
+
+def check_stack(data: Any, name: PathLike) -> None:
+    """Everything an input must satisfy, checked before any estimate or model work: three
+    dimensions, enough slices and pixels, a number type, and (floats) finite values."""
+    shape = tuple(int(n) for n in getattr(data, "shape", ()))
+    if len(shape) != 3:
+        raise DqlrError(
+            f"{name}: dqlr needs a 3-D ZYX stack, got shape {shape}; pick one with --channel/--timepoint"
+        )
+    if shape[0] < MIN_SLICES:
+        raise DqlrError(f"{name}: has {shape[0]} slices; dqlr needs at least {MIN_SLICES}")
+    if min(shape[1:]) < MIN_SIDE:
+        raise DqlrError(
+            f"{name}: slices of {shape[1]}x{shape[2]} pixels are too small; dqlr needs {MIN_SIDE}"
+        )
+    check_dtype(name, np.dtype(data.dtype))
+    if np.dtype(data.dtype).kind == "f":
+        for z in range(shape[0]):
+            check_finite(data[z], name, z)
 
 
 def check_dtype(p: PathLike, dtype: np.dtype) -> None:

@@ -31,7 +31,9 @@ SHIPPED = {
     "depth-aware": "dqlr_depth_aware.pt",
 }
 DEFAULT_MODEL = "depth-aware"
-MODEL_KEYS = ("config", "model", "normalization", "epoch", "step", "metrics")
+# voxel_size: (z, y, x) µm of the training stacks when known, so a stack of another pixel size
+# can be resampled to the model's before enhancing.
+MODEL_KEYS = ("config", "model", "normalization", "voxel_size", "init", "epoch", "step", "metrics")
 
 
 @dataclass
@@ -186,6 +188,6 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     if any(tensor.is_meta for tensor in [*network.parameters(), *network.buffers()]):
         raise DqlrError(f"{path}: weights incomplete for its config; get the file again")
     network.to(device).eval()
-    meta = {k: state.get(k) for k in ("epoch", "step", "normalization", "metrics")}
+    meta = {k: state.get(k) for k in ("epoch", "step", "normalization", "voxel_size", "init", "metrics")}
     meta["mode"] = config.mode
     return LoadedModel(network=network, config=config, meta=meta, path=str(path))

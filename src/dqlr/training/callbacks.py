@@ -36,6 +36,8 @@ class CheckpointWriter(Callback):
             "epoch": trainer.epoch,
             "step": trainer.step,
             "metrics": dict(row),
+            "init": trainer.init,  # a file or shipped name, never a path
+            "voxel_size": trainer.voxel_size(),
             "trainer": state,
         }
         save_checkpoint(self.run_dir / "last.pt", checkpoint)
@@ -64,7 +66,6 @@ class EpochPrinter(Callback):
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float], is_best: bool) -> None:
         perplexity = f"  perplexity {row['val_perplexity']:.1f}" if "val_perplexity" in row else ""
-        tqdm.write(
-            f"epoch {int(row['epoch'])}: loss {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
-            f"val PSNR {row['val_psnr']:.2f} dB{perplexity}"
-        )
+        epoch = int(row["epoch"])
+        head = f"start ({trainer.init})" if epoch == 0 else f"epoch {epoch}: loss {row['train_loss']:.4f}"
+        tqdm.write(f"{head}  val {row['val_loss']:.4f}  val PSNR {row['val_psnr']:.2f} dB{perplexity}")

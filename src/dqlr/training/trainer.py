@@ -4,6 +4,9 @@ The Trainer owns the model, optimiser, schedule, samplers and random streams; `s
 `load_state_dict()` carry all of them, so a resumed run continues exactly (CPU and CUDA). Writing
 checkpoints, logs and plots is the job of callbacks (dqlr.training.callbacks), not of the loop;
 a run folder with resume is dqlr.training.run.train.
+A fit ends early, always at a step boundary, when RunOptions.max_minutes is spent (the epoch under
+way is validated and handed to the callbacks) or on Ctrl-C (nothing more is written: the callbacks'
+files from the last finished epoch stay the consistent record, and a resume starts from them).
 Everything that touches process-wide torch state (random streams, denormals, threads) happens
 inside scoped contexts and is restored afterwards.
 """
@@ -24,8 +27,8 @@ from tqdm.auto import tqdm
 
 from dqlr.config import Config, RunOptions
 from dqlr.errors import DqlrError
-from dqlr.io import read_stack
-from dqlr.model.checkpoint import build_network
+from dqlr.io import check_stack, read_stack
+from dqlr.model.checkpoint import LoadedModel, build_network
 from dqlr.normalize import Normalization, fit_normalization
 from dqlr.runtime import fast_math, own_random_streams, pick_device, random_state
 from dqlr.training.batches import Batch, pair_batch, pair_sampler, training_batch, window_batch
@@ -41,16 +44,20 @@ class TrainingStack:
     data: Any
     norm: Normalization
     name: str  # the file name only: checkpoints never hold a machine's paths
+    voxel_size: tuple[float, float, float] | None = None
 
 
 def load_training_stack(stack: StackLike, config: Config) -> TrainingStack:
-    """A stack (path or array) read lazily, with its per-stack normalisation."""
+    """A stack (path or array) read lazily and checked, with its per-stack normalisation."""
+    voxel_size = None
     if isinstance(stack, np.ndarray):
         data, name = stack, "array"
     else:
-        data, name = read_stack(stack, lazy=True).data, Path(stack).name
+        read = read_stack(stack, lazy=True)
+        data, name, voxel_size = read.data, Path(stack).name, read.voxel_size
+    check_stack(data, name)
     norm = fit_normalization(data, config.data.percentile_low, config.data.percentile_high)
-    return TrainingStack(data, norm, name)
+    return TrainingStack(data, norm, name, voxel_size)
 
 
 def _lr_factor(config: Config) -> Any:
@@ -111,6 +118,22 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.history: list[dict[str, float]] = []
         self.best_metric = math.inf
+        self.init: str | None = None  # the model this run started from (a name, never a path)
+        self.deadline: float | None = None
+        self.out_of_time = self.interrupted = False
+
+    def start_from(self, model: LoadedModel, name: str) -> None:
+        """Begin from a trained model's weights (fine-tuning); optimiser and schedule stay fresh.
+
+        The network was already built from the seed, so the random streams are where a run from
+        scratch would have them: loading weights draws no numbers.
+        """
+        try:
+            self.network.load_state_dict(model.network.state_dict())
+        except RuntimeError as error:
+            first = str(error).splitlines()[0][:120]
+            raise DqlrError(f"{name}: weights do not match its config ({first})") from None
+        self.init = name
 
     def _build_data(self) -> None:
         config = self.config
@@ -180,46 +203,85 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, max_epochs: int | None = None) -> list[dict[str, float]]:
-        """Train until config.train.epochs (or `max_epochs` more epochs); returns the history."""
-        for callback in self.callbacks:
-            callback.on_start(self)
-        done = 0
-        while self.epoch < self.config.train.epochs and (max_epochs is None or done < max_epochs):
-            with self._scoped():
-                row = self._epoch()
-            is_best = row["val_loss"] < self.best_metric
-            self.best_metric = min(self.best_metric, row["val_loss"])
-            self.history.append(row)
-            done += 1
+        """Train until config.train.epochs (or `max_epochs` more epochs, or the time budget); returns
+        the history. Ctrl-C ends it too (`interrupted`), after the files of the last finished epoch.
+
+        A run that starts from a model (start_from) first validates it as epoch 0, so best.pt exists
+        from the start and is replaced only by an epoch that validates better than the model given.
+        """
+        minutes = self.run.max_minutes
+        self.deadline = None if minutes is None else time.monotonic() + 60 * minutes
+        self.out_of_time = self.interrupted = False
+        try:
             for callback in self.callbacks:
-                callback.on_epoch_end(self, row, is_best)
+                callback.on_start(self)
+            if self.init is not None and not self.history:
+                with self._scoped():
+                    row = self._start_row()
+                self._end_epoch(row)
+            done = 0
+            while self._more_epochs(done, max_epochs):
+                with self._scoped():
+                    row = self._epoch()
+                self._end_epoch(row)
+                done += 1
+        except KeyboardInterrupt:
+            self.interrupted = True
         return self.history
 
-    def _epoch(self) -> dict[str, float]:
+    def _more_epochs(self, done: int, max_epochs: int | None) -> bool:
+        if self.epoch >= self.config.train.epochs or (max_epochs is not None and done >= max_epochs):
+            return False
+        if self.out_of_time or (done and self._past_deadline()):  # spent while validating or saving
+            self.out_of_time = True
+            return False
+        return True
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _end_epoch(self, row: dict[str, float]) -> None:
+        is_best = row["val_loss"] < self.best_metric
+        self.best_metric = min(self.best_metric, row["val_loss"])
+        self.history.append(row)
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, row, is_best)
+
+    def _start_row(self) -> dict[str, float]:
+        """Epoch 0: the starting model validated, so fine-tuning must beat it to replace best.pt."""
         started = time.perf_counter()
-        steps = self.config.train.steps_per_epoch
-        sums: dict[str, float] = {}
-        self.network.train()
-        bar = tqdm(
-            range(steps),
-            desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
-            disable=not self.run.progress,
-            leave=False,
-        )
-        for _ in bar:
-            for key, value in self._step().items():
-                sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{sums['train_loss'] / (bar.n + 1):.4f}")
-        self.epoch += 1
-        row: dict[str, float] = {"epoch": self.epoch, "step": self.step}
-        row.update({k: v / steps for k, v in sums.items()})
+        row: dict[str, float] = {"epoch": 0, "step": self.step, "train_loss": math.nan}
         row.update(self.validate())
+        return self._finish_row(row, started)
+
+    def _finish_row(self, row: dict[str, float], started: float) -> dict[str, float]:
         quantizer = self.network.quantizer
         if quantizer is not None:
             row["dead_codes"] = float((quantizer.cluster_size < quantizer.dead_code_threshold).sum())
         row["lr"] = float(self.scheduler.get_last_lr()[0])
         row["seconds"] = time.perf_counter() - started
         return row
+
+    def _epoch(self) -> dict[str, float]:
+        """config.train.steps_per_epoch steps (fewer when the time budget runs out), then validation."""
+        started = time.perf_counter()
+        steps, done = self.config.train.steps_per_epoch, 0
+        sums: dict[str, float] = {}
+        self.network.train()
+        desc = f"epoch {self.epoch + 1}/{self.config.train.epochs}"
+        with tqdm(total=steps, desc=desc, disable=not self.run.progress, leave=False) as bar:
+            while done < steps and not self.out_of_time:
+                for key, value in self._step().items():
+                    sums[key] = sums.get(key, 0.0) + value
+                done += 1
+                self.out_of_time = self._past_deadline()
+                bar.update()
+                bar.set_postfix(loss=f"{sums['train_loss'] / done:.4f}")
+        self.epoch += 1
+        row: dict[str, float] = {"epoch": self.epoch, "step": self.step}
+        row.update({k: v / done for k, v in sums.items()})
+        row.update(self.validate())
+        return self._finish_row(row, started)
 
     def _step(self) -> dict[str, float]:
         batch = training_batch(self.sampler, self.pairs, self.config).to(self.device)
@@ -259,6 +321,13 @@ class Trainer:
         result = {"val_loss": float(np.mean(losses)), "val_psnr": float(-10 * np.log10(np.mean(mses)))}
         result.update({f"val_{k}": v / len(losses) for k, v in stats_sum.items()})
         return result
+
+    def voxel_size(self) -> list[float] | None:
+        """The training stacks' voxel size when all share one known size (saved with the model,
+        so a stack of another pixel size can be resampled to it)."""
+        sizes = {s.voxel_size for s in self.stacks}
+        only = sizes.pop() if len(sizes) == 1 else None
+        return list(only) if only is not None else None
 
     def normalization_record(self) -> dict[str, Any]:
         """How intensities were normalised (per stack), saved with the model."""

@@ -1,0 +1,136 @@
+"""What differs between a user's stack and what a model assumes, found before any model work.
+
+A model expects the sharp slices at the top, quality falling with depth, and the pixel size it
+was trained on. `assess` measures these on the stack itself and returns plain findings: the
+orientation to use, the lateral zoom to the model's pixel size, and one-line notes for the user.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+SharpEnd = Literal["auto", "top", "bottom"]
+CLEAR_TREND = math.log(1.5)  # below a 1.5x change over the stack, quality does not fall with depth
+# Turning a stack over on a wrong guess does more harm than leaving it: only a clear rise of
+# sharpness with depth (4x; simulated and real top-down stacks fall 100x or more, while the near-empty
+# cap slices of a short top-down stack can make it rise up to ~2x) counts as "the bottom is sharp".
+FLIP_TREND = math.log(4.0)
+PIXEL_TOLERANCE = 0.2  # relative pixel-size difference tolerated without resampling
+MAX_SIDE = 512  # the profile is measured on a central crop: statistics are the same across a slice
+
+
+@dataclass
+class Findings:
+    """How to present the stack to the model, and what the user should know."""
+
+    flip: bool = False
+    zoom: float = 1.0  # lateral scale factor applied before the model (1: none)
+    notes: list[str] = field(default_factory=list)
+    sharpness: list[float] = field(default_factory=list)  # per slice, as measured
+
+
+def _band_sharpness(plane: np.ndarray) -> tuple[float, float]:
+    """Mid-band over low-band power of a slice, above the white-noise floor; and the signal power.
+
+    Blur removes mid frequencies first, so this ratio falls as a slice gets blurrier; subtracting
+    the power at the highest frequencies (noise only) keeps dim noisy slices from looking sharp.
+    """
+    p = np.asarray(plane, np.float64)
+    p = p - p.mean()
+    power = np.abs(np.fft.rfft2(p)) ** 2
+    fy = np.fft.fftfreq(p.shape[0])[:, None]
+    fx = np.fft.rfftfreq(p.shape[1])[None, :]
+    f = np.sqrt(fy * fy + fx * fx)
+    noise = float(power[f >= 0.42].mean())
+    low = float(power[(f > 0.01) & (f < 0.06)].mean()) - noise
+    mid = float(power[(f >= 0.12) & (f < 0.25)].mean()) - noise
+    return max(mid, 0.0) / max(low, 1e-12), low
+
+
+def sharpness_profile(stack: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice band sharpness and signal power, on a central crop of at most MAX_SIDE pixels."""
+    depth, height, width = (int(n) for n in stack.shape)
+    y0, x0 = max((height - MAX_SIDE) // 2, 0), max((width - MAX_SIDE) // 2, 0)
+    values = [
+        _band_sharpness(np.asarray(stack[z, y0 : y0 + MAX_SIDE, x0 : x0 + MAX_SIDE])) for z in range(depth)
+    ]
+    return np.array([v[0] for v in values]), np.array([v[1] for v in values])
+
+
+def depth_trend(sharpness: np.ndarray, signal: np.ndarray) -> float | None:
+    """Log change of sharpness from top to bottom (negative: falls with depth), fitted over the
+    slices that hold signal; None when too few slices do."""
+    used = (
+        (signal >= 0.1 * signal.max()) & (sharpness > 0) if signal.max() > 0 else np.zeros_like(signal, bool)
+    )
+    if used.sum() < 3:
+        return None
+    z = np.flatnonzero(used) / max(len(sharpness) - 1, 1)
+    slope = np.polyfit(z, np.log(sharpness[used]), 1)[0]
+    return float(slope)
+
+
+def assess(
+    stack: Any,
+    sharp_end: SharpEnd = "auto",
+    voxel_size: tuple[float, float, float] | None = None,
+    model_voxel_size: tuple[float, float, float] | None = None,
+    match_pixel_size: bool = True,
+) -> Findings:
+    """Measure the stack against the model's assumptions; never raises on a valid stack."""
+    findings = Findings()
+    sharpness, signal = sharpness_profile(stack)
+    findings.sharpness = sharpness.tolist()
+    trend = depth_trend(sharpness, signal)
+    if trend is None or abs(trend) < CLEAR_TREND:
+        findings.notes.append(
+            "quality does not clearly fall with depth in this stack; there is little depth "
+            "degradation to undo here (compare the result with plain smoothing)"
+        )
+    detected_bottom = trend is not None and trend > FLIP_TREND
+    if sharp_end == "bottom" or (sharp_end == "auto" and detected_bottom):
+        findings.flip = True
+        if sharp_end == "auto":
+            findings.notes.append(
+                "the sharp end of this stack is the bottom; it is enhanced upside down and written "
+                "back in its own order (--sharp-end top|bottom to choose)"
+            )
+    elif sharp_end == "top" and detected_bottom:
+        findings.notes.append(
+            "the bottom of this stack looks sharper than the top, but --sharp-end top was given"
+        )
+    findings.zoom = _zoom(voxel_size, model_voxel_size, match_pixel_size, findings.notes)
+    return findings
+
+
+def _zoom(
+    voxel_size: tuple[float, float, float] | None,
+    model_voxel_size: tuple[float, float, float] | None,
+    match: bool,
+    notes: list[str],
+) -> float:
+    """Lateral factor that brings the stack to the model's pixel size (1.0: leave it)."""
+    if model_voxel_size is None:
+        return 1.0
+    model_px = float(model_voxel_size[2])
+    if voxel_size is None:
+        notes.append(f"the stack has no voxel size; assuming the model's {model_px:g} µm pixels")
+        return 1.0
+    pixel = float(voxel_size[2])
+    if abs(pixel - model_px) <= PIXEL_TOLERANCE * model_px:
+        return 1.0
+    if not match:
+        notes.append(
+            f"pixels are {pixel:g} µm, the model was trained on {model_px:g} µm; not resampled "
+            "(resampling was turned off)"
+        )
+        return 1.0
+    notes.append(
+        f"pixels are {pixel:g} µm, the model was trained on {model_px:g} µm; slices are resampled to "
+        f"{model_px:g} µm for the model and back"
+    )
+    return pixel / model_px

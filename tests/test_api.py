@@ -17,6 +17,7 @@ import dqlr
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = (
+    "adapt",
     "enhance",
     "train",
     "read_stack",

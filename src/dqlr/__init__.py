@@ -1,6 +1,6 @@
 """dqlr: restore the deep, degraded slices of confocal z-stacks with DQLR.
 
-The public API is eight functions of the same shape as the command line, plus the settings types:
+The public API is nine functions of the same shape as the command line, plus the settings types:
 
     stack = dqlr.read_stack("my_stack.tif")
     result = dqlr.enhance(stack.data)
@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from dqlr.api import adapt, enhance, estimate, evaluate, load_model, read_stack, simulate, train, write_stack
 from dqlr.config import Config, EnhanceOptions, RunOptions
-from dqlr.errors import DqlrError
+from dqlr.errors import DqlrError, DqlrWarning
 
 try:
     __version__ = version("dqlr")  # one source of truth: pyproject.toml
@@ -24,6 +24,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "Config",
     "DqlrError",
+    "DqlrWarning",
     "EnhanceOptions",
     "RunOptions",
     "adapt",

@@ -1,4 +1,4 @@
-"""The public Python API: eight functions of the same shape as the `dqlr` commands.
+"""The public Python API: nine functions of the same shape as the `dqlr` commands.
 
 Each function imports its working module on first call, so `import dqlr` stays fast and a name
 here never stands for a module (`dqlr.enhance` is always this function).
@@ -127,8 +127,8 @@ def train(
 
 def adapt(
     stacks: Sequence[StackLike],
+    out_dir: PathLike,
     model: LoadedModel | str | Path | None = None,
-    out_dir: PathLike = "adapted",
     minutes: float = 3.0,
     run: RunOptions | None = None,
 ) -> TrainResult:

@@ -121,7 +121,7 @@ def _adapted_model(args: argparse.Namespace, model: str | None) -> Path:
 
         shutil.rmtree(out_dir)
     run = RunOptions.of(device=args.device)
-    result = adapt(expand_inputs(args.inputs), model, out_dir, minutes=args.adapt_minutes, run=run)
+    result = adapt(expand_inputs(args.inputs), out_dir, model, minutes=args.adapt_minutes, run=run)
     print(
         f"adapted model: {result.best} ({'interrupted; ' if result.interrupted else ''}reuse it with --model)"
     )

@@ -238,10 +238,8 @@ def plan_enhancement(
     model: LoadedModel,
     options: EnhanceOptions,
     voxel_size: tuple[float, float, float] | None = None,
-    name: str = "input stack",
 ) -> Plan:
-    """Check the input first, then measure it against the model's assumptions."""
-    check_stack(data, name)
+    """Measure an input (already passed through io.check_stack) against the model's assumptions."""
     trained = model.meta.get("voxel_size")
     findings = assess(
         data,
@@ -319,8 +317,9 @@ def _enhance_file(
     """enhance_file's work; returns the written paths and the notes for the user."""
     stack = read_stack(input_path, channel=channel, timepoint=timepoint, lazy=True)
     stack_format(output_path)
+    check_stack(stack.data, input_path)
     voxel_size = options.voxel_size or stack.voxel_size
-    plan = plan_enhancement(stack.data, loaded, options, voxel_size, str(input_path))
+    plan = plan_enhancement(stack.data, loaded, options, voxel_size)
     shape, dtype = stack.data.shape, stack.data.dtype
     paths = [output_path] + [_next_path(output_path, k + 1) for k in range(options.predict_next)]
     with contextlib.ExitStack() as open_writers:  # on any error every temp output is removed

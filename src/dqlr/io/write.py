@@ -35,22 +35,10 @@ def write_stack(
     shape = tuple(int(n) for n in getattr(data, "shape", ()))
     if len(shape) != 3:
         raise DqlrError(f"{path}: cannot write data of shape {shape}; it must be a 3-D ZYX stack")
-    with create_stack_writer(path, shape, data.dtype, voxel_size, force, protect) as writer:
+    with StackWriter(path, shape, data.dtype, voxel_size, force, protect) as writer:
         for z in range(shape[0]):
             writer[z] = np.asarray(data[z])
     return writer.path
-
-
-def create_stack_writer(
-    path: PathLike,
-    shape: tuple[int, int, int],
-    dtype: Any,
-    voxel_size: tuple[float, float, float] | None = None,
-    force: bool = False,
-    protect: Iterable[PathLike] = (),
-) -> StackWriter:
-    """Open a writer that takes one slice at a time, for results larger than memory."""
-    return StackWriter(path, shape, dtype, voxel_size, force, protect)
 
 
 class StackWriter:
@@ -231,3 +219,7 @@ def _check_target(path: Path, force: bool, protect: Iterable[PathLike]) -> None:
             f"{path}: is a folder that is not a Zarr store; refusing to replace it, "
             "choose another output path"
         )
+
+
+# The writer that takes one slice at a time, for results larger than memory (the name callers use).
+create_stack_writer = StackWriter

@@ -20,7 +20,7 @@ def run_demo(out_dir: str | Path = "out/demo", device: str = "auto", seed: int =
     plant = simulate_plant(seed=seed)
     write_stack(out_dir / "demo_observed.tif", plant.observed, plant.voxel_size, force=True)
     write_stack(out_dir / "demo_clean.tif", plant.clean, plant.voxel_size, force=True)
-    result = enhance(plant.observed, None, device=device, progress=True)
+    result = enhance(plant.observed, None, device=device, progress=True, voxel_size=plant.voxel_size)
     write_stack(out_dir / "demo_enhanced.tif", result, plant.voxel_size, force=True)
     return slice_figure(
         {

@@ -131,14 +131,47 @@ def adapt(
     model: LoadedModel | str | Path | None = None,
     minutes: float = 3.0,
     run: RunOptions | None = None,
+    options: EnhanceOptions | None = None,
 ) -> TrainResult:
     """Fine-tune a model (default: the shipped one) on your own stacks, self-supervised, within
-    `minutes` of wall time; the adapted model is `result.best` (a complete model file)."""
+    `minutes` of wall time; the adapted model is `result.best` (a complete model file).
+
+    Each stack is first checked and presented as `enhance` would present it to the model (sharp end
+    on top, the model's pixel size; `options` as for enhance), so the model learns the view it will
+    be applied to; what had to change comes as a DqlrWarning.
+    """
+    import warnings
+
+    from dqlr.errors import DqlrWarning
+    from dqlr.inference.enhance import as_model, model_view
+    from dqlr.io import Stack, check_stack
+    from dqlr.io import read_stack as _read_stack
     from dqlr.reporting.figures import CurvePlotter
     from dqlr.training.adapt import adapt as _adapt
 
+    options = EnhanceOptions.of(options)
+    start = as_model(model, "cpu")
+    trained = start.meta.get("voxel_size")
+    prepared: list[StackLike | Stack] = []
+    for stack in [stacks] if isinstance(stacks, str | Path | np.ndarray) else stacks:
+        if isinstance(stack, np.ndarray):
+            data, voxel_size, name = stack, options.voxel_size, "input stack"
+        else:
+            read = _read_stack(stack, lazy=True)
+            data, voxel_size, name = read.data, options.voxel_size or read.voxel_size, str(stack)
+        check_stack(data, name)
+        view, notes = model_view(data, start, options, voxel_size)
+        for note in notes:
+            warnings.warn(f"{name}: {note}", DqlrWarning, stacklevel=2)
+        if view.flip or view.zoom != 1.0:
+            seen = tuple(trained) if trained and options.match_pixel_size else voxel_size
+            prepared.append(Stack(np.asarray(view), seen, path=f"{Path(name).name} (as the model sees it)"))
+        elif isinstance(stack, np.ndarray):
+            prepared.append(Stack(stack, voxel_size, path=name))
+        else:
+            prepared.append(stack)
     plotter = CurvePlotter(Path(out_dir) / "curves.png")
-    return _adapt(list(stacks), model, out_dir=out_dir, minutes=minutes, run=run, callbacks=[plotter])
+    return _adapt(prepared, start, out_dir=out_dir, minutes=minutes, run=run, callbacks=[plotter])
 
 
 def enhance(

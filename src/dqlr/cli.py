@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import yaml
 
 from dqlr.atomic import refuse_existing
-from dqlr.errors import DqlrError
+from dqlr.errors import DqlrError, DqlrWarning
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -88,7 +88,7 @@ def _enhance(args: argparse.Namespace) -> int:
         raise DqlrError("give either --model or --mode, not both")
     model = args.mode or args.model
     if args.adapt:
-        model = _adapted_model(args, model)
+        model = _adapted_model(args, model, options)
     outcomes = enhance_files(
         args.inputs, args.output, model, options, args.force, args.channel, args.timepoint
     )
@@ -106,7 +106,7 @@ def _enhance(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _adapted_model(args: argparse.Namespace, model: str | None) -> Path:
+def _adapted_model(args: argparse.Namespace, model: str | None, options: Any) -> Path:
     """--adapt: fine-tune on the inputs themselves; the model lands next to the output."""
     from dqlr.api import adapt
     from dqlr.atomic import refuse_existing
@@ -121,7 +121,8 @@ def _adapted_model(args: argparse.Namespace, model: str | None) -> Path:
 
         shutil.rmtree(out_dir)
     run = RunOptions.of(device=args.device)
-    result = adapt(expand_inputs(args.inputs), out_dir, model, minutes=args.adapt_minutes, run=run)
+    inputs = expand_inputs(args.inputs)
+    result = adapt(inputs, out_dir, model, minutes=args.adapt_minutes, run=run, options=options)
     print(
         f"adapted model: {result.best} ({'interrupted; ' if result.interrupted else ''}reuse it with --model)"
     )
@@ -340,10 +341,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _notes_as_lines(show: Any) -> Any:
+    """A showwarning that prints DqlrWarnings as one-line notes (no source location) and leaves
+    every other warning to `show`."""
+
+    def showwarning(message: Warning | str, category: type[Warning], *rest: Any, **more: Any) -> None:
+        if issubclass(category, DqlrWarning):
+            print(f"dqlr: note: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest, **more)
+
+    return showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
     try:
-        code = args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DqlrWarning)
+            warnings.showwarning = _notes_as_lines(warnings.showwarning)
+            code = args.run(args)
     except DqlrError as error:
         print(f"dqlr: error: {error}", file=sys.stderr)
         return 2

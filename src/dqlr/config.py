@@ -235,6 +235,11 @@ class EnhanceOptions(_Strict):
     voxel_size: tuple[float, float, float] | None = Field(
         None, description="voxel size z y x in µm when the file has none (or to override it)"
     )
+    guard: bool = Field(
+        True,
+        description="replace a slice by plain smoothing when the model's result does not explain its "
+        "coarse structure (it would have erased or invented it)",
+    )
 
     @model_validator(mode="after")
     def _overlap_at_most_half_a_tile(self) -> EnhanceOptions:

@@ -89,6 +89,7 @@ class _Tissue:
     radius: float
     layers: list[_Layer]
     brightness: np.ndarray  # per cell id (index 0 unused)
+    layer_um: float = LAYER_UM  # thickness of L1 and L2 (scales with the cell size)
 
     def depth_below_surface(self, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Signed distance (µm) inwards from the outer surface; negative outside the tissue."""
@@ -169,15 +170,21 @@ def _in_box(p: np.ndarray, hi: np.ndarray, margin: float) -> np.ndarray:
 
 
 def _shell_seeds(
-    rng: np.random.Generator, zc: float, cy: float, cx: float, radius: float, hi: np.ndarray
+    rng: np.random.Generator,
+    zc: float,
+    cy: float,
+    cx: float,
+    radius: float,
+    hi: np.ndarray,
+    spacing: float = LAYER_SPACING_UM,
 ) -> np.ndarray:
     """Seeds on the capsule surface of the given radius, spaced like a cell layer."""
-    if radius <= 0.5 * LAYER_SPACING_UM:  # a tiny dome has no room for this layer
+    if radius <= 0.5 * spacing:  # a tiny dome has no room for this layer
         return np.empty((0, 3))
-    zmax = hi[0] + LAYER_SPACING_UM
+    zmax = hi[0] + spacing
     cap_area = 2 * math.pi * radius**2
     cyl_area = 2 * math.pi * radius * max(zmax - zc, 0.0)
-    n = int(8 * (cap_area + cyl_area) / LAYER_SPACING_UM**2) + 16
+    n = int(8 * (cap_area + cyl_area) / spacing**2) + 16
     n_cap = rng.binomial(n, cap_area / (cap_area + cyl_area))
     u = rng.normal(size=(n_cap, 3))
     u /= np.linalg.norm(u, axis=1, keepdims=True)
@@ -188,8 +195,8 @@ def _shell_seeds(
     cyl = np.stack([zs, cy + radius * np.sin(phi), cx + radius * np.cos(phi)], axis=1)
     cand = np.concatenate([cap, cyl])
     cand = cand[rng.permutation(len(cand))]
-    cand = cand[_in_box(cand, hi, LAYER_SPACING_UM)]
-    return _dart_throw(cand, LAYER_SPACING_UM)
+    cand = cand[_in_box(cand, hi, spacing)]
+    return _dart_throw(cand, spacing)
 
 
 def _make_layer(seeds: np.ndarray, offset: int) -> _Layer:
@@ -201,9 +208,13 @@ def _make_layer(seeds: np.ndarray, offset: int) -> _Layer:
 
 
 def _make_tissue(
-    rng: np.random.Generator, shape: tuple[int, int, int], vox: tuple[float, float, float]
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    vox: tuple[float, float, float],
+    cell_size: float = 1.0,
 ) -> _Tissue:
-    """Random dome geometry and layered Voronoi seeds (all in µm)."""
+    """Random dome geometry and layered Voronoi seeds (all in µm); cell_size scales the cells."""
+    layer_um, spacing, m = LAYER_UM * cell_size, LAYER_SPACING_UM * cell_size, CORPUS_SPACING_UM * cell_size
     hi = (np.array(shape) - 1) * np.array(vox)  # far corner of the stack, µm
     width = max(shape[1] * vox[1], shape[2] * vox[2])
     cy = hi[1] / 2 + rng.uniform(-0.05, 0.05) * shape[1] * vox[1]
@@ -211,15 +222,14 @@ def _make_tissue(
     z_apex = rng.uniform(1.0, 3.0)
     radius = rng.uniform(0.6, 0.9) * width
     zc = z_apex + radius
-    l1 = _shell_seeds(rng, zc, cy, cx, radius - 0.5 * LAYER_UM, hi)
-    l2 = _shell_seeds(rng, zc, cy, cx, radius - 1.5 * LAYER_UM, hi)
+    l1 = _shell_seeds(rng, zc, cy, cx, radius - 0.5 * layer_um, hi, spacing)
+    l2 = _shell_seeds(rng, zc, cy, cx, radius - 1.5 * layer_um, hi, spacing)
     # corpus: random 3-D points well below the L2 layer
-    m = CORPUS_SPACING_UM
     box = np.prod(hi + 2 * m)
     cand = rng.uniform(size=(int(8 * box / m**3) + 16, 3)) * (hi + 2 * m) - m
     dz = np.minimum(cand[:, 0] - zc, 0.0)
     depth = radius - np.sqrt((cand[:, 1] - cy) ** 2 + (cand[:, 2] - cx) ** 2 + dz * dz)
-    corpus = _dart_throw(cand[depth >= 2 * LAYER_UM + 2.0], CORPUS_SPACING_UM)
+    corpus = _dart_throw(cand[depth >= 2 * layer_um + 2.0], m)
     layers = []
     offset = 0
     for seeds in (l1, l2, corpus):
@@ -227,7 +237,7 @@ def _make_tissue(
         layers.append(layer)
         offset += len(layer.seeds)
     brightness = np.concatenate([[1.0], rng.lognormal(0.0, BRIGHTNESS_SIGMA, offset)])
-    return _Tissue(zc=zc, cy=cy, cx=cx, radius=radius, layers=layers, brightness=brightness)
+    return _Tissue(zc, cy, cx, radius, layers, brightness, layer_um)
 
 
 def _profile(d: np.ndarray, sigma: float, thickness: float) -> np.ndarray:
@@ -260,22 +270,23 @@ def _emission_slice(
     cyto = np.zeros(z.size)
     cell = np.zeros(z.size, dtype=np.int64)
     near = ds > -5 * sigma  # the outer wall also shines just outside the tissue
-    layer_of = np.digitize(ds, [LAYER_UM, 2 * LAYER_UM])
-    interfaces = ((0.0, LAYER_UM), (LAYER_UM, 2 * LAYER_UM), (2 * LAYER_UM,))
-    for k, layer in enumerate(tissue.layers):
+    layer = tissue.layer_um
+    layer_of = np.digitize(ds, [layer, 2 * layer])
+    interfaces = ((0.0, layer), (layer, 2 * layer), (2 * layer,))
+    for k, cells in enumerate(tissue.layers):
         sel = np.flatnonzero(near & (layer_of == k))
         if sel.size == 0:
             continue
         pts = np.stack([z[sel], y[sel], x[sel]], axis=1)
-        dist, idx = layer.tree.query(pts, k=3, workers=-1)
-        gid = idx + layer.offset + 1
+        dist, idx = cells.tree.query(pts, k=3, workers=-1)
+        gid = idx + cells.offset + 1
         b = tissue.brightness[gid]
         d_in = ds[sel]
         inside = d_in >= 0
         val = np.zeros(sel.size)
         for j in (1, 2):
             # exact distance to the bisector plane between the nearest and the j-th seed
-            sep = np.linalg.norm(layer.seeds[idx[:, j]] - layer.seeds[idx[:, 0]], axis=1)
+            sep = np.linalg.norm(cells.seeds[idx[:, j]] - cells.seeds[idx[:, 0]], axis=1)
             d_wall = (dist[:, j] ** 2 - dist[:, 0] ** 2) / (2 * sep)
             v = _profile(d_wall, sigma, thickness) * 0.5 * (b[:, 0] + b[:, j])
             val = np.maximum(val, np.where(inside, v, 0.0))
@@ -334,12 +345,16 @@ def simulate_plant(
     optics: Optics | None = None,
     dtype: str = "uint16",
     wall_thickness_um: float = 0.2,
+    cell_size: float = 1.0,
+    focus_um: float = 0.0,
 ) -> SimulatedPlant:
     """Simulate one SAM membrane stack, its clean reference and the true degradation by depth.
 
     noise scales the noise level (shot noise as if photons were divided by noise**2, read noise
     times noise) while keeping the mean ADU image fixed; noise=0 gives the expected image.
     degradation scales every depth-dependent effect; 0 makes observed equal clean up to noise.
+    cell_size scales the cells and their layers (1: SAM-like cells about 6 µm wide). focus_um is
+    the depth of the sharpest slice: the degradation grows with the distance from it (0: the top).
     truth["gain"] is the effective ADU per detected photon (gain * noise**2), which is what a
     photon-transfer estimate on the stack measures.
     """
@@ -349,8 +364,10 @@ def simulate_plant(
     noise = _number("noise", noise)
     degradation = _number("degradation", degradation)
     t = _number("wall_thickness_um", wall_thickness_um, allow_low=False)
+    cell_size = _number("cell_size", cell_size, allow_low=False)
+    focus_um = _number("focus_um", focus_um)
     rng = np.random.default_rng(seed)
-    tissue = _make_tissue(rng, shape, vox)
+    tissue = _make_tissue(rng, shape, vox, cell_size)
     n_z, n_y, n_x = shape
     vz, vy, vx = vox
 
@@ -369,10 +386,80 @@ def simulate_plant(
         emission[z] = (optics.photons_top * (memb / peak_ref + CYTO_FRACTION * cyto)).reshape(n_y, n_x)
         labels[z] = lab.reshape(n_y, n_x)
     label_dtype = np.uint16 if labels.max() < 2**16 else np.uint32
+    depth = np.abs(np.arange(n_z) * vz - focus_um)
+    if depth.max() <= 0:
+        raise DqlrError(f"focus_um {focus_um:g} leaves no slice away from the focus")
+    observed, clean, truth = _image(emission, vox, rng, noise, degradation, optics, depth)
+    return SimulatedPlant(
+        observed=_to_dtype(observed, dt),
+        clean=_to_dtype(clean, dt),
+        labels=labels.astype(label_dtype),
+        voxel_size=vox,
+        truth=truth,
+    )
+
+
+def image_emission(
+    emission: np.ndarray,
+    voxel_size: tuple[float, float, float] = (1.0, 0.25, 0.25),
+    seed: int = 0,
+    noise: float = 1.0,
+    degradation: float = 1.0,
+    optics: Optics | None = None,
+    dtype: str = "uint16",
+    depth_um: np.ndarray | None = None,
+) -> SimulatedPlant:
+    """Image any structure through the simulator's optics and camera: a stack we did not model.
+
+    `emission` (Z, Y, X) is the relative brightness of the sample (1: a membrane seen edge-on);
+    `depth_um` (Z,) is how deep each slice lies below the sharp focus (default: its z position, so
+    the top is sharp). Slices with depth 0 are imaged like the top slice; the one deepest gets the
+    full depth degradation of `optics`. labels are all 0 (there are no cells to name).
+    """
+    if optics is None:
+        optics = _default_optics(dtype)
+    data = np.asarray(emission, np.float32)
+    if data.ndim != 3 or not np.isfinite(data).all() or data.min() < 0:
+        raise DqlrError("emission must be a finite, non-negative (Z, Y, X) array")
+    shape, vox, dt = _check_params(data.shape, voxel_size, optics, dtype)
+    depth = np.arange(shape[0]) * vox[0] if depth_um is None else np.asarray(depth_um, np.float64)
+    if depth.shape != (shape[0],) or not np.isfinite(depth).all() or depth.min() < 0 or depth.max() <= 0:
+        raise DqlrError(f"depth_um must be {shape[0]} finite depths >= 0, not all 0")
+    rng = np.random.default_rng(seed)
+    observed, clean, truth = _image(
+        data * np.float32(optics.photons_top),
+        vox,
+        rng,
+        _number("noise", noise),
+        _number("degradation", degradation),
+        optics,
+        depth,
+    )
+    return SimulatedPlant(
+        observed=_to_dtype(observed, dt),
+        clean=_to_dtype(clean, dt),
+        labels=np.zeros(shape, np.uint16),
+        voxel_size=vox,
+        truth=truth,
+    )
+
+
+def _image(
+    emission: np.ndarray,
+    vox: tuple[float, float, float],
+    rng: np.random.Generator,
+    noise: float,
+    degradation: float,
+    optics: Optics,
+    depth: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Optics and camera: (observed, clean, truth) in ADU for emission (photons) and slice depths."""
+    shape = emission.shape
+    n_z = shape[0]
+    vz, vy, vx = vox
 
     # true degradation by depth
-    depth = np.arange(n_z) * vz
-    frac = (depth / depth[-1]) ** optics.psf_growth * degradation
+    frac = (depth / depth.max()) ** optics.psf_growth * degradation
     psf_xy = optics.psf_xy_top_um + (optics.psf_xy_deep_um - optics.psf_xy_top_um) * frac
     psf_z = optics.psf_z_top_um + (optics.psf_z_deep_um - optics.psf_z_top_um) * frac
     halo = np.clip(optics.halo_fraction_deep * frac, 0.0, 0.95)
@@ -430,13 +517,7 @@ def simulate_plant(
         "noise": np.asarray(float(noise)),
         "degradation": np.asarray(float(degradation)),
     }
-    return SimulatedPlant(
-        observed=_to_dtype(observed, dt),
-        clean=_to_dtype(clean, dt),
-        labels=labels.astype(label_dtype),
-        voxel_size=vox,
-        truth=truth,
-    )
+    return observed, clean, truth
 
 
 def _split(names: list[str]) -> dict[str, list[str]]:

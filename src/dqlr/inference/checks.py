@@ -19,7 +19,9 @@ CLEAR_TREND = math.log(1.5)  # below a 1.5x change over the stack, quality does 
 # sharpness with depth (4x; simulated and real top-down stacks fall 100x or more, while the near-empty
 # cap slices of a short top-down stack can make it rise up to ~2x) counts as "the bottom is sharp".
 FLIP_TREND = math.log(4.0)
+INSIDE_DROP = math.log(3.0)  # a focus inside the stack: both ends 3x less sharp than it
 PIXEL_TOLERANCE = 0.2  # relative pixel-size difference tolerated without resampling
+NOISE_BAND = 0.42  # cycles per pixel above which a slice holds noise only
 MAX_SIDE = 512  # the profile is measured on a central crop: statistics are the same across a slice
 
 
@@ -33,11 +35,13 @@ class Findings:
     sharpness: list[float] = field(default_factory=list)  # per slice, as measured
 
 
-def _band_sharpness(plane: np.ndarray) -> tuple[float, float]:
+def _band_sharpness(plane: np.ndarray, zoom: float = 1.0) -> tuple[float, float]:
     """Mid-band over low-band power of a slice, above the white-noise floor; and the signal power.
 
     Blur removes mid frequencies first, so this ratio falls as a slice gets blurrier; subtracting
     the power at the highest frequencies (noise only) keeps dim noisy slices from looking sharp.
+    The bands are in cycles per pixel of the model (a slice pixel is 1/zoom of them); the noise band
+    stays in the slice's own pixels, where noise is white.
     """
     p = np.asarray(plane, np.float64)
     p = p - p.mean()
@@ -45,18 +49,21 @@ def _band_sharpness(plane: np.ndarray) -> tuple[float, float]:
     fy = np.fft.fftfreq(p.shape[0])[:, None]
     fx = np.fft.rfftfreq(p.shape[1])[None, :]
     f = np.sqrt(fy * fy + fx * fx)
-    noise = float(power[f >= 0.42].mean())
+    noise = float(power[f >= NOISE_BAND].mean())
+    f = f / zoom
     low = float(power[(f > 0.01) & (f < 0.06)].mean()) - noise
-    mid = float(power[(f >= 0.12) & (f < 0.25)].mean()) - noise
+    mid = float(power[(f >= 0.12) & (f < 0.25) & (f * zoom < NOISE_BAND)].mean()) - noise
     return max(mid, 0.0) / max(low, 1e-12), low
 
 
-def sharpness_profile(stack: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per-slice band sharpness and signal power, on a central crop of at most MAX_SIDE pixels."""
+def sharpness_profile(stack: Any, zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice band sharpness and signal power, on a central crop of at most MAX_SIDE pixels of
+    the model (bands and crop scaled by `zoom`, the model's pixels per slice pixel)."""
     depth, height, width = (int(n) for n in stack.shape)
-    y0, x0 = max((height - MAX_SIDE) // 2, 0), max((width - MAX_SIDE) // 2, 0)
+    side = max(round(MAX_SIDE / zoom), 16)
+    y0, x0 = max((height - side) // 2, 0), max((width - side) // 2, 0)
     values = [
-        _band_sharpness(np.asarray(stack[z, y0 : y0 + MAX_SIDE, x0 : x0 + MAX_SIDE])) for z in range(depth)
+        _band_sharpness(np.asarray(stack[z, y0 : y0 + side, x0 : x0 + side]), zoom) for z in range(depth)
     ]
     return np.array([v[0] for v in values]), np.array([v[1] for v in values])
 
@@ -74,6 +81,26 @@ def depth_trend(sharpness: np.ndarray, signal: np.ndarray) -> float | None:
     return float(slope)
 
 
+def sharpest_inside(sharpness: np.ndarray, signal: np.ndarray) -> int | None:
+    """The slice where a stack is sharpest when that lies well inside it, with both ends clearly
+    (INSIDE_DROP) blurrier; None when the sharp part is at an end (or nothing can be said)."""
+    if not signal.max() > 0:
+        return None
+    used = np.flatnonzero((signal >= 0.1 * signal.max()) & (sharpness > 0))
+    if len(used) < 9:
+        return None
+    log = np.log(sharpness[used])
+    smooth = np.convolve(np.pad(log, 2, mode="edge"), np.ones(5) / 5, mode="valid")
+    peak = int(np.argmax(smooth))
+    edge = max(len(used) // 5, 2)
+    if not edge <= peak < len(used) - edge:
+        return None
+    top, bottom = smooth[:edge].mean(), smooth[-edge:].mean()
+    if smooth[peak] - max(top, bottom) < INSIDE_DROP:
+        return None
+    return int(used[peak])
+
+
 def assess(
     stack: Any,
     sharp_end: SharpEnd = "auto",
@@ -83,10 +110,22 @@ def assess(
 ) -> Findings:
     """Measure the stack against the model's assumptions; never raises on a valid stack."""
     findings = Findings()
-    sharpness, signal = sharpness_profile(stack)
+    findings.zoom = _zoom(voxel_size, model_voxel_size, match_pixel_size, findings.notes)
+    # Bands in the model's pixels: they then mean the same structures in µm at any pixel size (at
+    # 0.1 µm pixels the raw bands see mostly noise and made a top-down stack look bottom-sharp).
+    known = voxel_size is not None and model_voxel_size is not None
+    scale = float(voxel_size[2]) / float(model_voxel_size[2]) if known else 1.0  # type: ignore[index]
+    sharpness, signal = sharpness_profile(stack, scale)
     findings.sharpness = sharpness.tolist()
     trend = depth_trend(sharpness, signal)
-    if trend is None or abs(trend) < CLEAR_TREND:
+    inside = sharpest_inside(sharpness, signal)
+    if inside is not None:
+        findings.notes.append(
+            f"the sharpest slices are inside this stack (near z={inside}), not at an end; the model "
+            "assumes one sharp end, so the slices on the other side of the focus are enhanced as if "
+            "they were sharp (enhance the part above and the part below separately, or try --adapt)"
+        )
+    elif trend is None or abs(trend) < CLEAR_TREND:
         findings.notes.append(
             "quality does not clearly fall with depth in this stack; there is little depth "
             "degradation to undo here (compare the result with plain smoothing)"
@@ -103,7 +142,6 @@ def assess(
         findings.notes.append(
             "the bottom of this stack looks sharper than the top, but --sharp-end top was given"
         )
-    findings.zoom = _zoom(voxel_size, model_voxel_size, match_pixel_size, findings.notes)
     return findings
 
 

@@ -39,6 +39,21 @@ _RESUNIT_UM = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}
 _NGFF_AXES = {"t": "T", "time": "T", "c": "C", "channel": "C", "z": "Z", "y": "Y", "x": "X"}
 
 
+def tiff_info(tif: tifffile.TiffFile) -> str | None:
+    """Free text kept with the stack: the OME image Description or ImageJ's (or tifffile's) Info."""
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            found = ET.fromstring(tif.ome_metadata).find(".//{*}Image/{*}Description")
+        except ET.ParseError:
+            return None
+        return found.text if found is not None and found.text else None
+    meta: dict[str, Any] = dict(tif.imagej_metadata or {})
+    if not meta and tif.is_shaped and tif.shaped_metadata:
+        meta = dict(tif.shaped_metadata[0])
+    info = meta.get("Info")
+    return str(info) if info else None
+
+
 def tiff_voxel_size(tif: tifffile.TiffFile) -> tuple[float, float, float] | None:
     """Voxel size in µm from OME PhysicalSize*, or ImageJ spacing plus resolution tags."""
     if tif.is_ome and tif.ome_metadata:

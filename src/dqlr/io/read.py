@@ -16,7 +16,7 @@ import numpy as np
 import tifffile
 
 from dqlr.errors import DqlrError
-from dqlr.io.metadata import ngff_axes, ngff_voxel_size, tiff_voxel_size
+from dqlr.io.metadata import ngff_axes, ngff_voxel_size, tiff_info, tiff_voxel_size
 from dqlr.io.stack import (
     LazyStack,
     PathLike,
@@ -107,6 +107,7 @@ def _read_tiff(p: Path, channel: int | None, timepoint: int | None, lazy: bool) 
         axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
         _check_tiff_complete(p, series, log.problems)
         voxel_size = tiff_voxel_size(tif)
+        info = tiff_info(tif)
         key = plan_zyx(p, axes, shape, channel, timepoint)
         check_dtype(p, dtype)
         if lazy:
@@ -116,7 +117,7 @@ def _read_tiff(p: Path, channel: int | None, timepoint: int | None, lazy: bool) 
             _check_tiff_complete(p, series, log.problems)
     if not lazy:
         check_finite(data, p)
-    return Stack(data, voxel_size, axes, str(p))
+    return Stack(data, voxel_size, axes, str(p), info)
 
 
 def _check_tiff_complete(p: Path, series: Any, problems: list[str]) -> None:
@@ -160,7 +161,7 @@ def _read_zarr(p: Path, channel: int | None, timepoint: int | None, lazy: bool) 
     import zarr
 
     node: Any = zarr.open(str(p), mode="r")
-    voxel_size = None
+    voxel_size, info = None, None
     if isinstance(node, zarr.Array):
         array = node
         names: Any = node.attrs.get("_ARRAY_DIMENSIONS")
@@ -183,6 +184,7 @@ def _read_zarr(p: Path, channel: int | None, timepoint: int | None, lazy: bool) 
         axes_meta = meta.get("axes")
         axes = ngff_axes(axes_meta) if axes_meta else "TCZYX"[-array.ndim :]
         voxel_size = ngff_voxel_size(meta, dataset, axes_meta, axes)
+        info = (attrs.get("dqlr") or {}).get("info")
     if len(axes) != array.ndim:
         raise DqlrError(f"{p}: axes metadata {axes!r} does not match the {array.ndim}-D array")
     key = plan_zyx(p, axes, tuple(array.shape), channel, timepoint)
@@ -193,7 +195,7 @@ def _read_zarr(p: Path, channel: int | None, timepoint: int | None, lazy: bool) 
     else:
         data = _owned(array, key)
         check_finite(data, p)
-    return Stack(data, voxel_size, axes, str(p))
+    return Stack(data, voxel_size, axes, str(p), info)
 
 
 def _owned(source: Any, key: tuple) -> np.ndarray:

@@ -30,6 +30,7 @@ class Stack:
     voxel_size: tuple[float, float, float] | None
     axes: str = "ZYX"
     path: str | None = None
+    info: str | None = None  # free text stored with it (how dqlr made it, with its notes)
 
     @property
     def dtype(self) -> np.dtype:

@@ -30,12 +30,13 @@ def write_stack(
     voxel_size: tuple[float, float, float] | None = None,
     force: bool = False,
     protect: Iterable[PathLike] = (),
+    info: str | None = None,
 ) -> Path:
     """Write a ZYX stack atomically, keeping its dtype; reads lazy inputs slice by slice."""
     shape = tuple(int(n) for n in getattr(data, "shape", ()))
     if len(shape) != 3:
         raise DqlrError(f"{path}: cannot write data of shape {shape}; it must be a 3-D ZYX stack")
-    with StackWriter(path, shape, data.dtype, voxel_size, force, protect) as writer:
+    with StackWriter(path, shape, data.dtype, voxel_size, force, protect, info) as writer:
         for z in range(shape[0]):
             writer[z] = np.asarray(data[z])
     return writer.path
@@ -45,7 +46,9 @@ class StackWriter:
     """Streams slices into a temporary file and renames it into place on a clean close.
 
     Use as a context manager: `writer[z] = slice2d`. On an exception the temporary output is
-    removed and nothing at `path` changes.
+    removed and nothing at `path` changes. `info` is free text kept with the stack where a viewer
+    shows it: ImageJ's Info property (TIFF), the image Description (OME-TIFF), attrs["dqlr"]["info"]
+    (Zarr).
     """
 
     def __init__(
@@ -56,8 +59,10 @@ class StackWriter:
         voxel_size: tuple[float, float, float] | None = None,
         force: bool = False,
         protect: Iterable[PathLike] = (),
+        info: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self.info = info
         self.format = stack_format(self.path)
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype).newbyteorder("=")
@@ -83,10 +88,12 @@ class StackWriter:
     def _create(self) -> Any:
         z, y, x = self.voxel_size or (None, None, None)
         if self.format == "zarr":
-            return _create_zarr(self._tmp, self.shape, self.dtype, self.voxel_size)
+            return _create_zarr(self._tmp, self.shape, self.dtype, self.voxel_size, self.info)
         kwargs: dict[str, Any] = {"photometric": "minisblack"}
         if self.format == "ome-tiff":
             metadata: dict[str, Any] = {"axes": "ZYX"}
+            if self.info:
+                metadata["Description"] = self.info
             if self.voxel_size:
                 for axis, size in zip("ZYX", (z, y, x), strict=True):
                     metadata[f"PhysicalSize{axis}"] = size
@@ -95,6 +102,8 @@ class StackWriter:
         else:
             # ImageJ convention: resolution in pixels per `unit`, z spacing in `unit`.
             metadata = {"axes": "ZYX"}
+            if self.info:
+                metadata["Info"] = self.info
             if self.voxel_size:
                 vz, vy, vx = self.voxel_size
                 metadata.update(spacing=vz, unit="um")
@@ -152,7 +161,9 @@ class StackWriter:
         remove(self._tmp)
 
 
-def _create_zarr(tmp: Path, shape: tuple[int, ...], dtype: np.dtype, voxel_size: tuple | None) -> Any:
+def _create_zarr(
+    tmp: Path, shape: tuple[int, ...], dtype: np.dtype, voxel_size: tuple | None, info: str | None
+) -> Any:
     """OME-Zarr (NGFF 0.4, zarr v2) with one slice per chunk, so streaming reads one chunk."""
     import zarr
 
@@ -179,6 +190,8 @@ def _create_zarr(tmp: Path, shape: tuple[int, ...], dtype: np.dtype, voxel_size:
             "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
         }
     ]
+    if info:
+        root.attrs["dqlr"] = {"info": info}
     return array
 
 

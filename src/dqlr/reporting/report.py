@@ -42,9 +42,12 @@ def build_report(
     settings: Mapping[str, object] | None = None,
     title: str = "dqlr report",
     pairs: Mapping[str, tuple[str, str]] | None = None,
+    made: Mapping[str, str] | None = None,
 ) -> Path:
     """One self-contained HTML file (PNG figures inlined) comparing stacks of the same scene.
 
+    `made` maps a method name to how its stack was made (the text dqlr stores in its outputs: the
+    version, the model, and every note on what differed from the model's assumptions).
     `stacks` maps a method name to its stack; the first is taken as the input. `pairs` adds
     two-column figures such as {"without vs with quantization": ("ablation", "DQLR")}. With a clean
     `reference`, PSNR and SSIM by depth are shown; the no-reference measures always are.
@@ -90,6 +93,9 @@ def build_report(
             f"<figcaption>{html.escape(c)}</figcaption></figure>"
             for c, p in figures.items()
         )
+    made_html = "".join(
+        f"<h3>{html.escape(name)}</h3><pre>{html.escape(text)}</pre>" for name, text in (made or {}).items()
+    )
     settings_html = _table_html(
         [{"setting": k, "value": json.dumps(v, default=str)} for k, v in (settings or {}).items()]
     )
@@ -108,6 +114,7 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head>
 deepest third of the slices.</p>
 <h2>Summary</h2>{_table_html(rows)}
 <h2>Figures</h2>{sections}
+<h2>How the results were made</h2>{made_html or "<p>not recorded in the result files</p>"}
 <h2>Settings</h2>{settings_html or "<p>none given</p>"}
 <script>window.addEventListener("load",function(){{var n=0;document.querySelectorAll("img")
 .forEach(function(i){{if(i.complete&&i.naturalWidth>0)n++;}});
@@ -132,10 +139,14 @@ def report_files(
     output = Path(output)
     refuse_existing(output, force)
     stacks = {"input": read_stack(input_path).data}
+    made = {}
     for name, result in results.items():
-        stacks[name] = read_stack(result).data
+        read = read_stack(result)
+        stacks[name] = read.data
+        if read.info:
+            made[name] = read.info
     clean = read_stack(reference).data if reference is not None else None
     for name, stack in {**stacks, **({"reference": clean} if clean is not None else {})}.items():
         if stack.shape != stacks["input"].shape:
             raise DqlrError(f"{name}: shape {stack.shape} differs from the input's {stacks['input'].shape}")
-    return build_report(stacks, output, clean, title=title)
+    return build_report(stacks, output, clean, title=title, made=made)

@@ -15,6 +15,7 @@ import numpy as np
 
 from dqlr.config import Config, RunOptions
 from dqlr.errors import DqlrError
+from dqlr.io import Stack
 from dqlr.training.run import ModelLike, TrainResult, init_model, train
 from dqlr.training.trainer import Callback, StackLike
 
@@ -65,7 +66,7 @@ def adapt(
     before. Ctrl-C stops early and keeps best.pt (`result.interrupted`). The run folder `out_dir`
     holds best.pt (the adapted model), last.pt, config.yaml and metrics.csv.
     """
-    given: list[StackLike] = [stacks] if isinstance(stacks, str | Path | np.ndarray) else list(stacks)
+    given: list[StackLike] = [stacks] if isinstance(stacks, str | Path | np.ndarray | Stack) else list(stacks)
     if not given:
         raise DqlrError("adapt: no stacks given")
     if not minutes > 0:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from dqlr.config import Config
-from dqlr.degradation import estimate_degradation
+from dqlr.degradation import DepthDegradation, estimate_degradation
 from dqlr.normalize import Normalization
 from dqlr.training.data import PairSampler, WindowSampler
 
@@ -48,14 +48,32 @@ def window_batch(windows: torch.Tensor, tops: torch.Tensor) -> Batch:
     return Batch(windows, windows[:, 1:], tops, None)
 
 
-def pair_sampler(stacks: list[Any], norms: list[Normalization], config: Config) -> PairSampler:
-    """Estimate each stack's degradation by depth (from the stack alone) and sample pairs from it."""
+def pair_sampler(
+    stacks: list[Any],
+    norms: list[Normalization],
+    config: Config,
+    estimates: dict[int, DepthDegradation] | None = None,
+) -> PairSampler | None:
+    """Estimate each stack's degradation by depth (from the stack alone) and sample pairs from it.
+
+    Stacks whose blur by depth could not be measured (estimate not `reliable`) make no pairs: pairs
+    from a wrong blur curve would teach the model a wrong condition. None when no stack is left.
+    `estimates` caches the estimate per stack object, so a stack that also validates is estimated once.
+    """
     settings = config.depth_aware
-    degradations = [estimate_degradation(s, reference_fraction=settings.reference_fraction) for s in stacks]
+    estimates = {} if estimates is None else estimates
+    kept: list[tuple[Any, Normalization, DepthDegradation]] = []
+    for stack, norm in zip(stacks, norms, strict=True):
+        if id(stack) not in estimates:
+            estimates[id(stack)] = estimate_degradation(stack, reference_fraction=settings.reference_fraction)
+        if estimates[id(stack)].reliable:
+            kept.append((stack, norm, estimates[id(stack)]))
+    if not kept:
+        return None
     return PairSampler(
-        stacks,
-        norms,
-        degradations,
+        [k[0] for k in kept],
+        [k[1] for k in kept],
+        [k[2] for k in kept],
         length=config.model.predict_next + 2,
         crop=config.data.crop,
         scale_px=settings.condition_scale_px,

@@ -26,16 +26,19 @@ import torch
 from tqdm.auto import tqdm
 
 from dqlr.config import Config, RunOptions
+from dqlr.degradation import DepthDegradation
 from dqlr.errors import DqlrError
-from dqlr.io import check_stack, read_stack
+from dqlr.io import Stack, check_stack, read_stack
 from dqlr.model.checkpoint import LoadedModel, build_network
+from dqlr.model.familiarity import METRIC as FAMILIARITY_METRIC
+from dqlr.model.familiarity import quantization_error
 from dqlr.normalize import Normalization, fit_normalization
 from dqlr.runtime import fast_math, own_random_streams, pick_device, random_state
 from dqlr.training.batches import Batch, pair_batch, pair_sampler, training_batch, window_batch
 from dqlr.training.data import PairSampler, WindowSampler
 from dqlr.training.losses import dqlr_loss
 
-StackLike = str | Path | np.ndarray
+StackLike = str | Path | np.ndarray | Stack
 VAL_WINDOW_SEED, VAL_PAIR_SEED = 12345, 54321  # fixed validation windows: comparable across epochs
 
 
@@ -48,10 +51,12 @@ class TrainingStack:
 
 
 def load_training_stack(stack: StackLike, config: Config) -> TrainingStack:
-    """A stack (path or array) read lazily and checked, with its per-stack normalisation."""
+    """A stack (path, array or io.Stack) read lazily and checked, with its per-stack normalisation."""
     voxel_size = None
     if isinstance(stack, np.ndarray):
         data, name = stack, "array"
+    elif isinstance(stack, Stack):
+        data, name, voxel_size = stack.data, Path(stack.path or "array").name, stack.voxel_size
     else:
         read = read_stack(stack, lazy=True)
         data, name, voxel_size = read.data, Path(stack).name, read.voxel_size
@@ -99,7 +104,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.device = pick_device(self.run.device)
         self.stacks = [load_training_stack(s, config) for s in train_stacks]
-        self.val = load_training_stack(val_stack, config)
+        # a stack that both trains and validates (adapt) is read, normalised and estimated once
+        same = [loaded for given, loaded in zip(train_stacks, self.stacks, strict=True) if given is val_stack]
+        self.val = same[0] if same else load_training_stack(val_stack, config)
         self._build_data()
         with own_random_streams(seed=config.train.seed):
             self.network = build_network(config).to(self.device)
@@ -159,10 +166,13 @@ class Trainer:
         )
         self.pairs: PairSampler | None = None
         if config.conditioned:
-            self.pairs = pair_sampler([s.data for s in self.stacks], [s.norm for s in self.stacks], config)
-            val_pairs = pair_sampler([self.val.data], [self.val.norm], config)
-            rng = np.random.default_rng(VAL_PAIR_SEED)
-            self.val_batch = self.val_batch.join(pair_batch(val_pairs, config.train.val_windows, rng))
+            estimates: dict[int, DepthDegradation] = {}
+            data, norms = [s.data for s in self.stacks], [s.norm for s in self.stacks]
+            self.pairs = pair_sampler(data, norms, config, estimates)
+            val_pairs = pair_sampler([self.val.data], [self.val.norm], config, estimates)
+            if val_pairs is not None:
+                rng = np.random.default_rng(VAL_PAIR_SEED)
+                self.val_batch = self.val_batch.join(pair_batch(val_pairs, config.train.val_windows, rng))
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -317,9 +327,13 @@ class Trainer:
             mses.append(float(((outputs[:, 0].float() - part.targets[:, 0]) ** 2).mean()))
             for key, value in stats.items():
                 stats_sum[key] = stats_sum.get(key, 0.0) + value
-        self.network.train()
         result = {"val_loss": float(np.mean(losses)), "val_psnr": float(-10 * np.log10(np.mean(mses)))}
         result.update({f"val_{k}": v / len(losses) for k, v in stats_sum.items()})
+        # Saved with the model: a user's stack is later compared with it (dqlr.model.familiarity).
+        error = quantization_error(self.network, self.val.data, self.val.norm)
+        if error is not None:
+            result[FAMILIARITY_METRIC] = error
+        self.network.train()
         return result
 
     def voxel_size(self) -> list[float] | None:

@@ -15,7 +15,12 @@ import dqlr
 from dqlr.cli import main
 from dqlr.config import Config, RunOptions
 from dqlr.inference.checks import assess, sharpest_inside, sharpness_profile
-from dqlr.inference.enhance import UNFAMILIAR_RATIO, fit_stack_normalization
+from dqlr.inference.enhance import (
+    UNFAMILIAR_RATIO,
+    enhanced_slices,
+    fit_stack_normalization,
+    plan_enhancement,
+)
 from dqlr.model.checkpoint import load_model, read_checkpoint
 from dqlr.model.familiarity import METRIC, quantization_error
 from dqlr.simulation import image_emission, simulate_plant
@@ -77,15 +82,29 @@ def test_the_sharp_end_is_measured_at_the_models_pixel_size() -> None:
     assert not assess(fine, "auto", (1.0, 0.1, 0.1), model, match_pixel_size=False).flip
 
 
-def test_a_focus_inside_the_stack_is_named() -> None:
-    middle = simulate_plant(shape=(24, 128, 128), seed=8, focus_um=12.0).observed
+def test_a_focus_inside_the_stack_is_found_and_each_side_enhanced_from_it() -> None:
+    middle = simulate_plant(shape=(24, 128, 128), seed=8, focus_um=12.0)
     top_down = simulate_plant(shape=(24, 128, 128), seed=8).observed
-    inside = sharpest_inside(*sharpness_profile(middle))
+    inside = sharpest_inside(*sharpness_profile(middle.observed))
     assert inside is not None and 8 <= inside <= 16
     assert sharpest_inside(*sharpness_profile(top_down)) is None
     assert sharpest_inside(*sharpness_profile(top_down[::-1])) is None
-    notes = assess(middle).notes
-    assert any("sharpest slices are inside this stack" in n for n in notes)
+    findings = assess(middle.observed)
+    assert findings.focus == inside and any(
+        "sharpest slices are inside this stack" in n for n in findings.notes
+    )
+    assert assess(middle.observed, sharp_end="top").focus is None
+
+    model = load_model("paper")
+    plan = plan_enhancement(middle.observed, model, dqlr.EnhanceOptions())
+    lower, upper = plan.views
+    assert [lower.source_index(0), lower.source_index(lower.shape[0] - 1)] == [inside, 23]
+    assert [upper.source_index(0), upper.source_index(upper.shape[0] - 1)] == [inside, 0]
+    order = [z for z, _, _ in enhanced_slices(plan, model, dqlr.EnhanceOptions())]
+    assert sorted(order) == list(range(24))  # every slice once, the focus from the lower part
+    assert order[: 24 - inside] == list(range(inside, 24)) and order[24 - inside :] == list(
+        range(inside - 1, -1, -1)
+    )
 
 
 def test_unfamiliar_structure_is_measured_and_named() -> None:

@@ -143,7 +143,7 @@ def adapt(
     import warnings
 
     from dqlr.errors import DqlrWarning
-    from dqlr.inference.enhance import as_model, model_view
+    from dqlr.inference.enhance import as_model, model_views
     from dqlr.io import Stack, check_stack
     from dqlr.io import read_stack as _read_stack
     from dqlr.reporting.figures import CurvePlotter
@@ -160,12 +160,17 @@ def adapt(
             read = _read_stack(stack, lazy=True)
             data, voxel_size, name = read.data, options.voxel_size or read.voxel_size, str(stack)
         check_stack(data, name)
-        view, notes = model_view(data, start, options, voxel_size)
+        views, notes = model_views(data, start, options, voxel_size)
         for note in notes:
             warnings.warn(f"{name}: {note}", DqlrWarning, stacklevel=2)
-        if view.flip or view.zoom != 1.0:
+        if len(views) > 1 or views[0].flip or views[0].zoom != 1.0:
             seen = tuple(trained) if trained and options.match_pixel_size else voxel_size
-            prepared.append(Stack(np.asarray(view), seen, path=f"{Path(name).name} (as the model sees it)"))
+            window = start.config.model.predict_next + 2  # slices a training window needs
+            for k, view in enumerate(v for v in views if v.shape[0] >= window):
+                part = f" part {k + 1}" if len(views) > 1 else ""
+                prepared.append(
+                    Stack(np.asarray(view), seen, path=f"{Path(name).name}{part} (as the model sees it)")
+                )
         elif isinstance(stack, np.ndarray):
             prepared.append(Stack(stack, voxel_size, path=name))
         else:

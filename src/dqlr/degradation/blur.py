@@ -49,6 +49,7 @@ def fit_blur(
     counts: np.ndarray,
     ref: tuple[int, int],
     f_low: float,
+    max_gap: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per slice extra blur variance s**2 (px**2), its weight (inverse variance, 0 if none) and its
     standard error scaled up by the fit's residuals where they exceed the noise (NaN if none).
@@ -56,7 +57,9 @@ def fit_blur(
     Blurring by a Gaussian of sigma s multiplies the power spectrum by exp(-4 pi**2 f**2 s**2),
     so log(signal power / reference signal power) is a line in f**2 whose slope gives s**2. The
     intercept is free (attenuation, halo and the amount of tissue only scale the spectrum above
-    f_low). Only bins where both signals stand well clear of the noise floor are used.
+    f_low). Only bins where both signals stand well clear of the noise floor are used, from f_low
+    up to where the signal is lost; `max_gap` lost bins in a row are skipped over rather than
+    ending the band (a regular grid's spectrum is peaks with empty bins between them).
     """
     signal = power - floor[:, None]
     first, stop = ref
@@ -75,7 +78,7 @@ def fit_blur(
         # signal falls with frequency: keep the band from f_low to the first bin lost in noise,
         # so that a stray high-frequency bin (floor slightly off) cannot lever the slope
         band = freq >= f_low
-        ok &= band & (np.cumsum(band & ~ok) == 0)
+        ok &= band & _before_gap(band & ~ok, max_gap)
         if ok.sum() < 3:
             continue
         w = np.sqrt(modes[ok]) * signal[z][ok] / power[z][ok]  # 1 / sd of log(signal)
@@ -89,6 +92,18 @@ def fit_blur(
         misfit = float(np.sum((y - a @ coef) ** 2)) / (ok.sum() - 2)
         error[z] = math.sqrt(cov[1, 1] * max(misfit, 1.0))
     return s2, weight, error
+
+
+def _before_gap(lost: np.ndarray, max_gap: int) -> np.ndarray:
+    """True for bins before the first run of more than `max_gap` lost bins."""
+    run = np.zeros(len(lost), int)
+    for i, gone in enumerate(lost):
+        run[i] = run[i - 1] + 1 if gone and i > 0 else int(gone)
+    over = np.flatnonzero(run > max_gap)
+    keep = np.ones(len(lost), bool)
+    if over.size:
+        keep[over[0] - max_gap :] = False
+    return keep
 
 
 def power_law(s2: np.ndarray, weight: np.ndarray, first: int, stop: int) -> np.ndarray:

@@ -47,6 +47,7 @@ from dqlr.tissue import tissue_mask
 TISSUE_SIGMA_UM = 2.0  # tissue mask smoothing, in µm (8 px at the default pixel size)
 FLOOR_PERCENTILE = 5.0  # the in-tissue "floor" (cell interiors) used for the halo
 HALO_DEPTHS = 16  # depths at which the halo is fitted; the others are interpolated
+GRID_GAP_BINS = 6  # empty spectrum bins in a row skipped when nothing else can be measured
 HALO_REFERENCES = 3  # reference slices (those with most tissue) that are degraded for the halo fit
 
 
@@ -173,7 +174,8 @@ def estimate_degradation(
         dark[z] = np.percentile(ndimage.gaussian_filter(plane, 4.0), 2)
         level[z] = np.percentile(ndimage.gaussian_filter(plane, 2.0), 99) - dark[z]
     has_signal = level >= 0.1 * level.max()
-    if not has_signal.any():  # no slice rises above its dark level (a flat stack)
+    flat = not has_signal.any()
+    if flat:  # no slice rises above its dark level (a flat stack)
         has_signal = level == level.max()
         notes.append("signal: no slice rises above its dark level; the degradation is a default")
     dark0 = float(dark[has_signal].min())  # for tissue masks only
@@ -215,6 +217,11 @@ def estimate_degradation(
     freq, power, floor, counts = radial_spectra(data, gain, read_noise, offset)
     f_low = 3.0 / (2.0 * math.pi * halo_sigma_px)  # the halo no longer reaches the spectrum here
     s2, weight, s2_error = fit_blur(freq, power, floor, counts, (first, stop), f_low)
+    if stop < n_z and not flat and not (weight[stop:] > 0).any():
+        # nothing measured: a regular structure's spectrum is peaks with empty bins between them
+        s2, weight, s2_error = fit_blur(freq, power, floor, counts, (first, stop), f_low, GRID_GAP_BINS)
+        if (weight[stop:] > 0).any():
+            notes.append("blur: read across the gaps between the peaks of a regular structure's spectrum")
     blur = np.zeros(n_z)
     if stop < n_z:
         fit = np.nan_to_num(_monotone(s2, weight, stop, True), nan=0.0)

@@ -30,6 +30,7 @@ class Findings:
     """How to present the stack to the model, and what the user should know."""
 
     flip: bool = False
+    focus: int | None = None  # sharpest slice inside the stack: enhance from it up and down
     zoom: float = 1.0  # lateral scale factor applied before the model (1: none)
     notes: list[str] = field(default_factory=list)
     sharpness: list[float] = field(default_factory=list)  # per slice, as measured
@@ -119,13 +120,15 @@ def assess(
     findings.sharpness = sharpness.tolist()
     trend = depth_trend(sharpness, signal)
     inside = sharpest_inside(sharpness, signal)
-    if inside is not None:
+    if inside is not None and sharp_end == "auto":
+        findings.focus = inside
         findings.notes.append(
-            f"the sharpest slices are inside this stack (near z={inside}), not at an end; the model "
-            "assumes one sharp end, so the slices on the other side of the focus are enhanced as if "
-            "they were sharp (enhance the part above and the part below separately, or try --adapt)"
+            f"the sharpest slices are inside this stack (near z={inside}), not at an end; the part "
+            f"from z={inside} down and the part from z={inside} up (turned over) are each enhanced from "
+            "their sharp end (--sharp-end top|bottom to treat the stack as one)"
         )
-    elif trend is None or abs(trend) < CLEAR_TREND:
+        return findings
+    if trend is None or abs(trend) < CLEAR_TREND:
         findings.notes.append(
             "quality does not clearly fall with depth in this stack; there is little depth "
             "degradation to undo here (compare the result with plain smoothing)"

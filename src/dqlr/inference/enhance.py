@@ -46,10 +46,11 @@ def as_model(model: ModelLike, device: str = "auto") -> LoadedModel:
 
 MIN_TILE = 64  # smallest tile tried after running out of memory
 # Codes this much farther from the dictionary than on the model's validation stack mean unfamiliar
-# structure: with the shipped default, simulated SAM stacks of 12-48 slices measured 0.77-1.10;
-# nuclei 1.52, a regular wall grid 1.63, a plant with other optics 1.40 and a stack cut off 16 µm
-# below the apex 1.36 (dqlr.model.familiarity; benchmarks/results/out_of_domain.md).
-UNFAMILIAR_RATIO = 1.3
+# structure. With the shipped default (dqlr.model.familiarity, top third of each stack): simulated
+# SAM stacks of 12-48 slices measured 0.77-1.10; SAM stacks that start deep in the tissue or come
+# through other optics 1.36-1.41 (the model still does well on those); nuclei 1.52 and a regular
+# wall grid 1.63 (benchmarks/results/out_of_domain.md).
+UNFAMILIAR_RATIO = 1.45
 # The guard (see `explains`): the scale at which a result must account for the observed slice, the
 # unexplained share above which it does not, and the smoothing that replaces such a slice (model pixels).
 GUARD_SIGMA_PX = 4.0
@@ -237,14 +238,19 @@ def fit_stack_normalization(stack: Any, model: LoadedModel) -> Normalization:
 
 @dataclass
 class Plan:
-    """How one stack goes through a model: the view the model sees, its normalisation, the
-    depth levels, and what the user should be told."""
+    """How one stack goes through a model: the views the model sees (one, or two when the stack is
+    sharpest inside: the part below the focus and the part above it turned over), their depth
+    levels, the stack's normalisation, and what the user should be told."""
 
-    view: StackView
+    views: list[StackView]
     norm: Normalization
-    levels: np.ndarray | None
+    levels: list[np.ndarray | None]
     notes: list[str]
     guarded: list[int] = field(default_factory=list)  # source slices replaced by the guard
+
+    @property
+    def depth(self) -> int:
+        return len({v.source_index(z) for v in self.views for z in range(v.shape[0])})
 
     def guard_notes(self) -> list[str]:
         """One line on the slices the guard replaced (after enhancement), or none."""
@@ -252,19 +258,23 @@ class Plan:
             return []
         shown = ", ".join(map(str, sorted(self.guarded)[:8])) + (", ..." if len(self.guarded) > 8 else "")
         return [
-            f"{len(self.guarded)} of {self.view.shape[0]} slices (z = {shown}) are plain smoothing of the "
+            f"{len(self.guarded)} of {self.depth} slices (z = {shown}) are plain smoothing of the "
             "input: the model's result did not explain their coarse structure (--no-guard to keep it)"
         ]
 
 
-def model_view(
+def model_views(
     data: Any,
     model: LoadedModel,
     options: EnhanceOptions,
     voxel_size: tuple[float, float, float] | None = None,
-) -> tuple[StackView, list[str]]:
+) -> tuple[list[StackView], list[str]]:
     """The stack as the model expects it (sharp end on top, the model's pixel size), and notes on
-    what had to change; training on a user's stack (adapt) and enhancing it both see this view."""
+    what had to change; training on a user's stack (adapt) and enhancing it both see these views.
+
+    A stack sharpest inside (at slice k) gives two views, each with its sharp end on top: slices
+    k..end, and slices 0..k turned over; slice k is in both (enhanced from the lower part).
+    """
     trained = model.meta.get("voxel_size")
     findings = assess(
         data,
@@ -273,7 +283,10 @@ def model_view(
         tuple(trained) if trained else None,
         options.match_pixel_size,
     )
-    return StackView(data, flip=findings.flip, zoom=findings.zoom), findings.notes
+    if findings.focus is not None:
+        k, zoom = findings.focus, findings.zoom
+        return [StackView(data, zoom=zoom, start=k), StackView(data, True, zoom, stop=k + 1)], findings.notes
+    return [StackView(data, flip=findings.flip, zoom=findings.zoom)], findings.notes
 
 
 def plan_enhancement(
@@ -283,10 +296,15 @@ def plan_enhancement(
     voxel_size: tuple[float, float, float] | None = None,
 ) -> Plan:
     """Measure an input (already passed through io.check_stack) against the model's assumptions."""
-    view, notes = model_view(data, model, options, voxel_size)
-    levels, more = degradation_levels(view, model)
+    views, notes = model_views(data, model, options, voxel_size)
+    levels = []
+    for view in views:
+        part_levels, more = degradation_levels(view, model)
+        levels.append(part_levels)
+        where = "" if len(views) == 1 else f"slices {view.start}-{view.stop - 1}: "
+        notes += [where + note for note in more]
     norm = fit_stack_normalization(data, model)
-    return Plan(view, norm, levels, notes + more + familiarity_notes(view, model, norm))
+    return Plan(views, norm, levels, notes + familiarity_notes(views[0], model, norm))
 
 
 def familiarity_notes(view: StackView, model: LoadedModel, norm: Normalization) -> list[str]:
@@ -307,19 +325,25 @@ def enhanced_slices(
     plan: Plan, model: LoadedModel, options: EnhanceOptions, progress: tqdm | None = None
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """(source slice index, enhanced slice, predicted next slices) in the source's geometry and
-    normalised units; slices come in the model's order (from the sharp end). With options.guard,
-    a slice whose result fails `explains` is replaced by smoothing (recorded in plan.guarded)."""
-    view = plan.view
-    for z, (enhanced, predicted) in enumerate(
-        iter_enhanced(view, model, plan.norm, options, progress, plan.levels)
-    ):
-        if options.guard:
-            observed = normalize(view.plane(z), plan.norm)
-            if not explains(enhanced, observed):
-                enhanced = ndimage.gaussian_filter(observed, FALLBACK_SIGMA_PX).astype(np.float32)
-                plan.guarded.append(view.source_index(z))
-        restored = None if predicted is None else view.restore_plane(predicted)
-        yield view.source_index(z), view.restore_plane(enhanced), restored
+    normalised units; slices come in the model's order (from the sharp end), view by view, each
+    source slice once. With options.guard, a slice whose result fails `explains` is replaced by
+    smoothing (recorded in plan.guarded)."""
+    done: set[int] = set()
+    for view, levels in zip(plan.views, plan.levels, strict=True):
+        for z, (enhanced, predicted) in enumerate(
+            iter_enhanced(view, model, plan.norm, options, progress, levels)
+        ):
+            source = view.source_index(z)
+            if source in done:  # the focus slice of a split stack: kept from the lower part
+                continue
+            done.add(source)
+            if options.guard:
+                observed = normalize(view.plane(z), plan.norm)
+                if not explains(enhanced, observed):
+                    enhanced = ndimage.gaussian_filter(observed, FALLBACK_SIGMA_PX).astype(np.float32)
+                    plan.guarded.append(source)
+            restored = None if predicted is None else view.restore_plane(predicted)
+            yield source, view.restore_plane(enhanced), restored
 
 
 def explains(enhanced: np.ndarray, observed: np.ndarray) -> bool:

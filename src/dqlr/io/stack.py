@@ -89,7 +89,8 @@ def _resize(image: np.ndarray, shape: tuple[int, ...], anti_aliasing: bool) -> n
 
 
 class StackView:
-    """A ZYX stack computed slice by slice from another: turned over in z and/or resized in XY.
+    """A ZYX stack computed slice by slice from another: a range of its slices, turned over in z
+    and/or resized in XY.
 
     Lets a model see a stack the way it was trained (sharp end on top, its pixel size) without
     copying the stack; `restore_plane` maps a result slice back to the source's geometry.
@@ -97,23 +98,28 @@ class StackView:
 
     ndim = 3
 
-    def __init__(self, source: Any, flip: bool = False, zoom: float = 1.0) -> None:
+    def __init__(
+        self, source: Any, flip: bool = False, zoom: float = 1.0, start: int = 0, stop: int | None = None
+    ) -> None:
         self.source, self.flip, self.zoom = source, flip, zoom
         depth, height, width = (int(n) for n in source.shape)
+        self.start, self.stop = start, depth if stop is None else stop  # the source slices shown
+        if not 0 <= self.start < self.stop <= depth:
+            raise ValueError(f"slices {start}:{stop} are not within a stack of {depth}")
         self.source_plane_shape = (height, width)
         if zoom != 1.0:
             height, width = max(round(height * zoom), 8), max(round(width * zoom), 8)
             self.dtype = np.dtype(np.float32)
         else:
             self.dtype = np.dtype(source.dtype)
-        self.shape = (depth, height, width)
+        self.shape = (self.stop - self.start, height, width)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def source_index(self, z: int) -> int:
         """Slice of the source that slice z of the view shows."""
-        return self.shape[0] - 1 - z if self.flip else z
+        return self.stop - 1 - z if self.flip else self.start + z
 
     def plane(self, z: int) -> np.ndarray:
         plane = np.asarray(self.source[self.source_index(z)])

@@ -98,7 +98,7 @@ def run_case(case: Case, settings: dict[str, Any], adapt_minutes: float | None) 
         "what": case.what,
         "shape": list(case.observed.shape),
         "voxel_size": list(case.voxel_size),
-        "worst_third": [int(worst[0]), int(worst[-1])],
+        "worst_third": [int(z) for z in worst],
         "scores": {name: scores(result, case, worst) for name, result in results.items()},
         "top_slice": {name: scores(result, case, np.array([0])) for name, result in results.items()},
         "notes": notes,
@@ -114,8 +114,8 @@ def figure(rows: dict[str, dict], pictures: dict[str, dict[str, np.ndarray]], pa
     fig = Figure(figsize=(2.0 * len(columns), 2.1 * len(names)), layout="constrained")
     axes = fig.subplots(len(names), len(columns), squeeze=False)
     for i, name in enumerate(names):
-        first, last = rows[name]["worst_third"]
-        z = 0 if name == "near-empty top" else (first + last) // 2
+        worst = rows[name]["worst_third"]
+        z = 0 if name == "near-empty top" else worst[len(worst) // 2]
         for j, column in enumerate(columns):
             ax = axes[i, j]
             ax.set_xticks([])

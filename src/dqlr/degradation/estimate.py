@@ -218,10 +218,14 @@ def estimate_degradation(
     f_low = 3.0 / (2.0 * math.pi * halo_sigma_px)  # the halo no longer reaches the spectrum here
     s2, weight, s2_error = fit_blur(freq, power, floor, counts, (first, stop), f_low)
     if stop < n_z and not flat and not (weight[stop:] > 0).any():
-        # nothing measured: a regular structure's spectrum is peaks with empty bins between them
+        # nothing measured: a regular structure's spectrum is peaks with empty bins between them, and
+        # a small slice's has few modes per bin, so single bins drop below the noise test
         s2, weight, s2_error = fit_blur(freq, power, floor, counts, (first, stop), f_low, GRID_GAP_BINS)
         if (weight[stop:] > 0).any():
-            notes.append("blur: read across the gaps between the peaks of a regular structure's spectrum")
+            notes.append(
+                "blur: read across gaps in the slices' spectra (a small slice or a regular structure "
+                "leaves few usable frequencies)"
+            )
     blur = np.zeros(n_z)
     if stop < n_z:
         fit = np.nan_to_num(_monotone(s2, weight, stop, True), nan=0.0)

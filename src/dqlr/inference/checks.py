@@ -21,6 +21,8 @@ CLEAR_TREND = math.log(1.5)  # below a 1.5x change over the stack, quality does 
 FLIP_TREND = math.log(4.0)
 INSIDE_DROP = math.log(3.0)  # a focus inside the stack: both ends 3x less sharp than it
 PIXEL_TOLERANCE = 0.2  # relative pixel-size difference tolerated without resampling
+SATURATED_SHARE = 0.005  # pixels at the dtype's largest value above which clipping is named
+FEW_LEVELS = 32  # grey levels below which quantisation is named
 NOISE_BAND = 0.42  # cycles per pixel above which a slice holds noise only
 MAX_SIDE = 512  # the profile is measured on a central crop: statistics are the same across a slice
 
@@ -102,6 +104,33 @@ def sharpest_inside(sharpness: np.ndarray, signal: np.ndarray) -> int | None:
     return int(used[peak])
 
 
+def intensity_notes(stack: Any) -> list[str]:
+    """Notes on intensities no model can restore: clipped (saturated) pixels and very few grey levels.
+
+    Measured on a central crop of up to 9 slices spread over the stack (a full read would cost a
+    pass over a large file for two numbers)."""
+    depth, height, width = (int(n) for n in stack.shape)
+    y0, x0 = max((height - MAX_SIDE) // 2, 0), max((width - MAX_SIDE) // 2, 0)
+    chosen = np.unique(np.linspace(0, depth - 1, min(depth, 9)).round().astype(int))
+    sample = np.stack([np.asarray(stack[int(z), y0 : y0 + MAX_SIDE, x0 : x0 + MAX_SIDE]) for z in chosen])
+    notes = []
+    if sample.dtype.kind in "ui":
+        top = np.iinfo(sample.dtype).max
+        clipped = float(np.mean(sample == top))
+        if clipped > SATURATED_SHARE:
+            notes.append(
+                f"{100 * clipped:.1f}% of the pixels are at the largest value of {sample.dtype} (saturated): "
+                "structure there was lost when imaging and cannot be restored"
+            )
+    levels = len(np.unique(sample))
+    if levels < FEW_LEVELS:
+        notes.append(
+            f"the stack uses only {levels} grey levels; fine intensity detail was lost before enhancing "
+            "(was it converted to 8 bits with a narrow range?)"
+        )
+    return notes
+
+
 def assess(
     stack: Any,
     sharp_end: SharpEnd = "auto",
@@ -111,6 +140,7 @@ def assess(
 ) -> Findings:
     """Measure the stack against the model's assumptions; never raises on a valid stack."""
     findings = Findings()
+    findings.notes += intensity_notes(stack)
     findings.zoom = _zoom(voxel_size, model_voxel_size, match_pixel_size, findings.notes)
     # Bands in the model's pixels: they then mean the same structures in µm at any pixel size (at
     # 0.1 µm pixels the raw bands see mostly noise and made a top-down stack look bottom-sharp).

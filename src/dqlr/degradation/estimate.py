@@ -140,6 +140,7 @@ def estimate_degradation(
     voxel_size: tuple[float, float, float] | None = None,
     reference_fraction: float = 0.2,
     halo_sigma_px: float | None = None,
+    halo: bool = True,
 ) -> DepthDegradation:
     """Estimate how each slice is degraded relative to the sharp upper slices, from the stack alone.
 
@@ -149,7 +150,9 @@ def estimate_degradation(
     The deepest slices, where no blur can be measured (signal buried in noise at every usable
     frequency), get a power-law extrapolation of the measured ones. Slices above the reference
     and the reference itself get no degradation (blur 0, halo 0, attenuation 1). Never raises on
-    a finite 3-D stack: what could not be measured is in the result's notes.
+    a finite 3-D stack: what could not be measured is in the result's notes. `halo=False` skips
+    the halo fit (a third of the time; the blur does not depend on it) and leaves halo_fraction 0,
+    for callers that need only the blur curve, such as a depth-aware model's conditioning.
     """
     data = stack_array(stack)
     if voxel_size is None and isinstance(stack, Stack):
@@ -235,33 +238,37 @@ def estimate_degradation(
         blur[stop:] = np.sqrt(np.clip(fit[stop:], 0.0, None))
 
     # halo: floor of the degraded reference versus the slice's floor, at a few depths
-    halo = np.zeros(n_z)
-    order = sorted(range(first, stop), key=lambda z: -area[z])[:HALO_REFERENCES]
-    refs = [
-        (
-            read_plane(data, z) - background[z],
-            _tissue(read_plane(data, z), dark0, tissue_sigma, halo_sigma_px)[1],
-        )
-        for z in order
-        if np.isfinite(floor_ratio[z])
-    ]
-    depths = [z for z in range(stop, n_z) if np.isfinite(floor_ratio[z])]
-    if refs and depths:
-        picked = np.unique(np.linspace(0, len(depths) - 1, min(len(depths), HALO_DEPTHS)).round())
-        zs = [depths[int(i)] for i in picked]
-        fitted = [_fit_halo(refs, blur[z], halo_sigma_px, floor_ratio[z]) for z in zs]
-        raw = np.interp(np.arange(n_z), zs, fitted)
-        fit = _monotone(raw, np.where(np.arange(n_z) >= zs[0], 1.0, 0.0), stop, True)
-        halo[stop:] = np.clip(np.nan_to_num(fit[stop:], nan=0.0), 0.0, MAX_HALO)
+    halo_fraction = np.zeros(n_z)
+    refs: list = []
+    depths: list[int] = []
+    if halo:
+        order = sorted(range(first, stop), key=lambda z: -area[z])[:HALO_REFERENCES]
+        refs = [
+            (
+                read_plane(data, z) - background[z],
+                _tissue(read_plane(data, z), dark0, tissue_sigma, halo_sigma_px)[1],
+            )
+            for z in order
+            if np.isfinite(floor_ratio[z])
+        ]
+        depths = [z for z in range(stop, n_z) if np.isfinite(floor_ratio[z])]
+        if refs and depths:
+            picked = np.unique(np.linspace(0, len(depths) - 1, min(len(depths), HALO_DEPTHS)).round())
+            zs = [depths[int(i)] for i in picked]
+            fitted = [_fit_halo(refs, blur[z], halo_sigma_px, floor_ratio[z]) for z in zs]
+            raw = np.interp(np.arange(n_z), zs, fitted)
+            fit = _monotone(raw, np.where(np.arange(n_z) >= zs[0], 1.0, 0.0), stop, True)
+            halo_fraction[stop:] = np.clip(np.nan_to_num(fit[stop:], nan=0.0), 0.0, MAX_HALO)
 
     reliable, blur_notes = assess_blur(s2, weight, s2_error, stop)
-    notes += _tissue_notes(area, ref_ok.any(), bool(refs and depths) or stop >= n_z) + blur_notes
-    if reliable and not (blur.any() or halo.any() or (attenuation < 1).any()):
+    halo_noted = bool(refs and depths) or stop >= n_z or not halo  # skipped on purpose: no note
+    notes += _tissue_notes(area, ref_ok.any(), halo_noted) + blur_notes
+    if reliable and not (blur.any() or halo_fraction.any() or (attenuation < 1).any()):
         notes.append("no degradation with depth found: every slice is like the reference")
     return DepthDegradation(
         depth_index=np.arange(n_z),
         blur_sigma_px=blur,
-        halo_fraction=halo,
+        halo_fraction=halo_fraction,
         attenuation=attenuation,
         background=background,
         gain=float(gain),

@@ -49,7 +49,8 @@ MIN_TILE = 64  # smallest tile tried after running out of memory
 # structure. With the shipped default (dqlr.model.familiarity, top third of each stack): simulated
 # SAM stacks of 12-48 slices measured 0.77-1.10; SAM stacks that start deep in the tissue or come
 # through other optics 1.36-1.41 (the model still does well on those); nuclei 1.52 and a regular
-# wall grid 1.63 (benchmarks/results/out_of_domain.md).
+# wall grid 1.63 (benchmarks/results/out_of_domain.md). The shipped paper-mode model: SAM stacks
+# 0.70-1.06, deep-starting or other optics 1.66-1.79, nuclei 1.84, the grid 2.63.
 UNFAMILIAR_RATIO = 1.45
 # The guard (see `explains`): the scale at which a result must account for the observed slice, the
 # unexplained share above which it does not, and the smoothing that replaces such a slice (model pixels).

@@ -164,8 +164,21 @@ def adapt(
         for note in notes:
             warnings.warn(f"{name}: {note}", DqlrWarning, stacklevel=2)
         if len(views) > 1 or views[0].flip or views[0].zoom != 1.0:
-            seen = tuple(trained) if trained and options.match_pixel_size else voxel_size
+            seen = voxel_size
+            if trained and options.match_pixel_size:  # resampled in x and y only (unknown: assumed)
+                seen = (
+                    voxel_size[0] if voxel_size else float(trained[0]),
+                    float(trained[1]),
+                    float(trained[2]),
+                )
             window = start.config.model.predict_next + 2  # slices a training window needs
+            for view in views:
+                if view.shape[0] < window:
+                    warnings.warn(
+                        f"{name}: slices {view.start}-{view.stop - 1} are too few to train on; left out",
+                        DqlrWarning,
+                        stacklevel=2,
+                    )
             for k, view in enumerate(v for v in views if v.shape[0] >= window):
                 part = f" part {k + 1}" if len(views) > 1 else ""
                 prepared.append(

@@ -52,6 +52,7 @@ MIN_TILE = 64  # smallest tile tried after running out of memory
 # wall grid 1.63 (benchmarks/results/out_of_domain.md). The shipped paper-mode model: SAM stacks
 # 0.70-1.06, deep-starting or other optics 1.66-1.79, nuclei 1.84, the grid 2.63.
 UNFAMILIAR_RATIO = 1.45
+FAMILIAR_MIN_SIDE = 128  # slices smaller than this (as the model sees them) are not judged
 # The guard (see `explains`): the scale at which a result must account for the observed slice, the
 # unexplained share above which it does not, and the smoothing that replaces such a slice (model pixels).
 GUARD_SIGMA_PX = 4.0
@@ -261,7 +262,8 @@ class Plan:
         shown = ", ".join(map(str, sorted(self.guarded)[:8])) + (", ..." if len(self.guarded) > 8 else "")
         return [
             f"{len(self.guarded)} of {self.depth} slices (z = {shown}) are plain smoothing of the "
-            "input: the model's result did not explain their coarse structure (--no-guard to keep it)"
+            "input: the model's result did not explain their coarse structure (--no-guard, in Python "
+            "guard=False, to keep it)"
         ]
 
 
@@ -313,6 +315,8 @@ def familiarity_notes(view: StackView, model: LoadedModel, norm: Normalization) 
     """A note when the stack's structure is unlike the model's training data (see
     dqlr.model.familiarity); none for a model without a saved reference or quantizer."""
     reference = float((model.meta.get("metrics") or {}).get(FAMILIARITY_METRIC) or 0.0)
+    if min(view.shape[1:]) < FAMILIAR_MIN_SIDE:  # codes near the border dominate: no fair judgement
+        return []
     error = quantization_error(model.network, view, norm) if reference > 0 else None
     if error is None or error <= UNFAMILIAR_RATIO * reference:
         return []
@@ -331,6 +335,7 @@ def enhanced_slices(
     source slice once. With options.guard, a slice whose result fails `explains` is replaced by
     smoothing (recorded in plan.guarded)."""
     done: set[int] = set()
+    plan.guarded.clear()  # a plan enhanced again starts its record afresh
     for view, levels in zip(plan.views, plan.levels, strict=True):
         for z, (enhanced, predicted) in enumerate(
             iter_enhanced(view, model, plan.norm, options, progress, levels)
@@ -411,10 +416,14 @@ def enhance(
 
 def provenance(model: LoadedModel, notes: Sequence[str]) -> str:
     """What an output file records about how it was made: dqlr's version, the model, the notes."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        release = version("dqlr")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        release = "(version unknown)"
     name = Path(model.path).name if model.path else "an in-memory model"
-    return "\n".join([f"enhanced by dqlr {version('dqlr')} with {name}", *(f"note: {n}" for n in notes)])
+    return "\n".join([f"enhanced by dqlr {release} with {name}", *(f"note: {n}" for n in notes)])
 
 
 def _next_path(output: Path, k: int) -> Path:

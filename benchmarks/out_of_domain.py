@@ -135,6 +135,20 @@ def figure(rows: dict[str, dict], pictures: dict[str, dict[str, np.ndarray]], pa
     fig.savefig(path, dpi=80)
 
 
+def table(rows: dict[str, dict], key: str, bold: bool) -> list[str]:
+    """A markdown table of PSNR / SSIM per case and method (the best PSNR in bold if asked)."""
+    lines = ["| case | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+    for name, row in rows.items():
+        got = row[key]
+        best = max(v["psnr"] for v in got.values())
+        cells = []
+        for method in METHODS:
+            text = f"{got[method]['psnr']:.2f} / {got[method]['ssim']:.3f}" if method in got else "-"
+            cells.append(f"**{text}**" if bold and method in got and got[method]["psnr"] == best else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(rows: dict[str, dict], minutes: float | None) -> str:
     lines = [
         "# Out-of-domain stacks: does the default path invent structure?",
@@ -147,31 +161,12 @@ def markdown(rows: dict[str, dict], minutes: float | None) -> str:
         f"`shipped + adapt` fine-tunes the shipped default on the case itself for {minutes} minutes (as",
         "`dqlr enhance --adapt`), with no clean data. Best per row in bold.",
         "",
-        "| case | " + " | ".join(METHODS) + " |",
-        "|---" * (len(METHODS) + 1) + "|",
-    ]
-    for name, row in rows.items():
-        got = row["scores"]
-        best = max(v["psnr"] for v in got.values())
-        cells = []
-        for method in METHODS:
-            if method not in got:
-                cells.append("-")
-                continue
-            text = f"{got[method]['psnr']:.2f} / {got[method]['ssim']:.3f}"
-            cells.append(f"**{text}**" if got[method]["psnr"] == best else text)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
+        *table(rows, "scores", bold=True),
         "",
         "## Top slice (z = 0)",
         "",
-        "| case | " + " | ".join(METHODS) + " |",
-        "|---" * (len(METHODS) + 1) + "|",
+        *table(rows, "top_slice", bold=False),
     ]
-    for name, row in rows.items():
-        got = row["top_slice"]
-        cells = [f"{got[m]['psnr']:.2f} / {got[m]['ssim']:.3f}" if m in got else "-" for m in METHODS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## What the user was told", ""]
     for name, row in rows.items():
         for step, notes in row["notes"].items():

@@ -389,14 +389,8 @@ def simulate_plant(
     depth = np.abs(np.arange(n_z) * vz - focus_um)
     if depth.max() <= 0:
         raise DqlrError(f"focus_um {focus_um:g} leaves no slice away from the focus")
-    observed, clean, truth = _image(emission, vox, rng, noise, degradation, optics, depth)
-    return SimulatedPlant(
-        observed=_to_dtype(observed, dt),
-        clean=_to_dtype(clean, dt),
-        labels=labels.astype(label_dtype),
-        voxel_size=vox,
-        truth=truth,
-    )
+    observed, clean, truth = _image(emission, vox, rng, noise, degradation, optics, depth, dt)
+    return SimulatedPlant(observed, clean, labels.astype(label_dtype), vox, truth)
 
 
 def image_emission(
@@ -434,14 +428,9 @@ def image_emission(
         _number("degradation", degradation),
         optics,
         depth,
+        dt,
     )
-    return SimulatedPlant(
-        observed=_to_dtype(observed, dt),
-        clean=_to_dtype(clean, dt),
-        labels=np.zeros(shape, np.uint16),
-        voxel_size=vox,
-        truth=truth,
-    )
+    return SimulatedPlant(observed, clean, np.zeros(shape, np.uint16), vox, truth)
 
 
 def _image(
@@ -452,8 +441,10 @@ def _image(
     degradation: float,
     optics: Optics,
     depth: np.ndarray,
+    dt: np.dtype,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Optics and camera: (observed, clean, truth) in ADU for emission (photons) and slice depths."""
+    """Optics and camera: (observed, clean, truth), in ADU and the dtype `dt`, for emission (photons)
+    and slice depths."""
     shape = emission.shape
     n_z = shape[0]
     vz, vy, vx = vox
@@ -517,7 +508,7 @@ def _image(
         "noise": np.asarray(float(noise)),
         "degradation": np.asarray(float(degradation)),
     }
-    return observed, clean, truth
+    return _to_dtype(observed, dt), _to_dtype(clean, dt), truth
 
 
 def _split(names: list[str]) -> dict[str, list[str]]:

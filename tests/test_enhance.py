@@ -58,8 +58,8 @@ def test_tiled_equals_untiled(model_file, stack) -> None:
     model = load_model(model_file)
     big = np.concatenate([stack, stack[:, ::-1]], axis=2)[:, :, :160]  # 70 x 160 slices
     norm = fit_normalization(big)
-    whole = [s for s, _ in iter_enhanced(big, model, norm, EnhanceOptions(tile=512))]
-    tiled = [s for s, _ in iter_enhanced(big, model, norm, EnhanceOptions(tile=48, overlap=24))]
+    whole = [s for s, _, _ in iter_enhanced(big, model, norm, EnhanceOptions(tile=512))]
+    tiled = [s for s, _, _ in iter_enhanced(big, model, norm, EnhanceOptions(tile=48, overlap=24))]
     assert len(tile_grid((70, 160), 48, 24, 4)) > 4
     difference = max(float(np.abs(a - b).max()) for a, b in zip(whole, tiled, strict=True))
     spread = float(np.ptp(np.stack(whole)))
@@ -183,14 +183,15 @@ def test_out_of_memory_shrinks_tiles_and_goes_on(conditioned_model, stack, allow
     levels = np.linspace(0.0, 1.0, big.shape[0]).astype(np.float32)
 
     def run(options):
-        return [s for s, _ in iter_enhanced(big, model, norm, options, levels=levels)]
+        return [s for s, _, _ in iter_enhanced(big, model, norm, options, levels=levels)]
 
-    large = run(EnhanceOptions(tile=512, overlap=32))
-    small = run(EnhanceOptions(tile=64, overlap=16))
+    # the failure is injected into the torch network; the retry loop is the same for every engine
+    large = run(EnhanceOptions(tile=512, overlap=32, engine="torch"))
+    small = run(EnhanceOptions(tile=64, overlap=16, engine="torch"))
     guard = _OutOfMemoryAbove(model.network, limit=17 * 17, allowed=allowed)
     model.network.decode = guard
     try:
-        shrunk = run(EnhanceOptions(tile=512, overlap=32))
+        shrunk = run(EnhanceOptions(tile=512, overlap=32, engine="torch"))
     finally:
         del model.network.decode
     assert guard.raised >= 3  # batch, then tile 160 -> 80 -> 64
@@ -207,7 +208,8 @@ def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model_file, stack) 
     model = load_model(model_file)
     model.network.decode = _OutOfMemoryAbove(model.network, limit=0)
     with pytest.raises(DqlrError, match="out of memory even with 64-px tiles one at a time"):
-        list(iter_enhanced(stack, model, fit_normalization(stack), EnhanceOptions(tile=256)))
+        options = EnhanceOptions(tile=256, engine="torch")
+        list(iter_enhanced(stack, model, fit_normalization(stack), options))
 
 
 def test_other_runtime_errors_are_not_taken_for_out_of_memory() -> None:

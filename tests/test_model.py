@@ -25,9 +25,10 @@ def test_shapes_for_odd_slice_sizes(height: int, width: int) -> None:
     options = EnhanceOptions(predict_next=2, device="cpu")
     slices = list(iter_enhanced(stack, model, fit_normalization(stack), options))
     assert len(slices) == 3
-    for enhanced, predicted in slices:
+    for enhanced, predicted, observed in slices:
         assert enhanced.shape == (height, width) and enhanced.dtype == np.float32
         assert predicted.shape == (2, height, width)
+        assert observed.shape == (height, width)
 
 
 def test_codebook_has_128_entries_and_outputs_only_codebook_values() -> None:

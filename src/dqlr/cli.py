@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=described)
         elif name == "voxel_size":
             p.add_argument(flag, type=float, nargs=3, metavar=("Z", "Y", "X"), help=field.description)
-        elif name == "sharp_end":
+        elif name in ("sharp_end", "engine"):
             p.add_argument(flag, choices=get_args(field.annotation), default=field.default, help=described)
         else:
             metavar = "N" if name == "predict_next" else None

@@ -224,6 +224,9 @@ class EnhanceOptions(_Strict):
     overlap: int = Field(48, ge=0, description="pixels shared by neighbouring tiles")
     batch_size: int = Field(4, ge=1, description="tiles per network call")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    engine: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="what runs the network: auto takes ONNX Runtime on a CPU, torch elsewhere"
+    )
     predict_next: int = Field(0, ge=0, le=8, description="also give the predicted next N slices")
     sharp_end: Literal["auto", "top", "bottom"] = Field(
         "auto",

@@ -23,14 +23,14 @@ from dqlr.atomic import refuse_existing
 from dqlr.config import EnhanceOptions
 from dqlr.errors import DqlrError, DqlrWarning
 from dqlr.inference.checks import assess
+from dqlr.inference.engines import Engine, pick_engine
 from dqlr.inference.tiling import Blender, tile_grid
 from dqlr.io import StackView, check_finite, check_stack, create_stack_writer, read_stack, stack_format
-from dqlr.model import pad_to_multiple
 from dqlr.model.checkpoint import LoadedModel, load_model
 from dqlr.model.familiarity import METRIC as FAMILIARITY_METRIC
 from dqlr.model.familiarity import quantization_error
 from dqlr.normalize import Normalization, denormalize, fit_normalization, normalize
-from dqlr.runtime import fast_math, pick_device
+from dqlr.runtime import pick_device
 
 ModelLike = LoadedModel | str | Path | None
 
@@ -68,45 +68,44 @@ def iter_enhanced(
     options: EnhanceOptions,
     progress: tqdm | None = None,
     levels: np.ndarray | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Yield, for each slice from the top, the enhanced slice (normalised float32) and, when
-    options.predict_next > 0, the predicted next slices (predict_next, H, W).
+) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+    """Yield, for each slice from the top, the enhanced slice (normalised float32), the predicted
+    next slices (predict_next, H, W) when options.predict_next > 0 (else None), and the observed
+    slice as the network saw it (normalised).
 
     `levels` (Z,) are the degradation levels a depth-aware model is conditioned on (see
     `degradation_levels`); None for a paper-mode model. When the device runs out of memory the
     slice is retried with half the batch, then half the tile size (down to MIN_TILE, overlap at
     most a quarter tile), and the run goes on with the smaller setting.
     """
-    network, device = model.network, model.device
+    engine = pick_engine(model, options.engine, options.predict_next)
     depth, height, width = stack.shape
-    align = network.config.downsample
+    align = model.network.config.downsample
     tile = max(options.tile // align * align, align)
     batch_size, overlap = options.batch_size, options.overlap
     regions = tile_grid((height, width), tile, overlap, align)
-    above: Sequence[torch.Tensor | None] | None = [None] * len(regions)
-    previous: np.ndarray | None = None  # the slice above (normalised, on the CPU)
+    above: Sequence[Any] | None = [None] * len(regions)
+    previous: np.ndarray | None = None  # the slice above (normalised)
     for z in range(depth):
         raw = np.asarray(stack[z])
         check_finite(raw, getattr(stack, "filename", None) or "input stack")
         plane = normalize(raw, norm)
-        current = torch.from_numpy(plane).to(device)
         level = None if levels is None else float(levels[z])
         while True:
             try:
-                with fast_math(), torch.inference_mode():  # for this slice only, not across yield
-                    if above is None:  # new tile grid: the slice above's latents on it
-                        level_above = None if levels is None else float(levels[z - 1])
-                        image = torch.from_numpy(previous).to(device)
-                        above = _encode_tiles(network, image, regions, level_above, batch_size)
-                    enhanced, predicted, latents = _enhance_slice(
-                        network, current, regions, above, level, batch_size, overlap, options.predict_next
-                    )
+                if above is None:  # new tile grid: the slice above's latents on it
+                    assert previous is not None
+                    level_above = None if levels is None else float(levels[z - 1])
+                    above = _encode_tiles(engine, previous, regions, level_above, batch_size)
+                enhanced, predicted, latents = _enhance_slice(
+                    engine, plane, regions, above, level, batch_size, overlap, options.predict_next
+                )
                 break
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
             # Out of the except block, so the failed attempt's tensors are already released.
-            if device.type == "cuda":
+            if model.device.type == "cuda":
                 torch.cuda.empty_cache()
             if batch_size > 1:
                 batch_size //= 2
@@ -127,68 +126,61 @@ def iter_enhanced(
         above, previous = latents, plane
         if progress is not None:
             progress.update(1)
-        yield enhanced, predicted
+        yield enhanced, predicted, plane
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the RuntimeError a CPU allocation failure raises."""
+    """CUDA's OutOfMemoryError, or the error a failed CPU allocation raises (torch or ONNX Runtime)."""
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     text = str(error).lower()
-    return "out of memory" in text or "can't allocate memory" in text
+    return any(s in text for s in ("out of memory", "can't allocate memory", "failed to allocate memory"))
 
 
 def _encode_tiles(
-    network: Any,
-    image: torch.Tensor,
+    engine: Engine,
+    image: np.ndarray,
     regions: list[tuple[slice, slice]],
     level: float | None,
     batch_size: int,
-) -> list[torch.Tensor]:
+) -> list[Any]:
     """Latents of `image` tile by tile (what the slice below needs as hidden state)."""
-    align = network.config.downsample
-    latents: dict[int, torch.Tensor] = {}
+    latents: dict[int, Any] = {}
     order = sorted(range(len(regions)), key=lambda i: _shape(regions[i]))
     for batch in _batches(order, regions, batch_size):
-        tiles = torch.stack([image[regions[i]] for i in batch])[:, None]
-        condition = None if level is None else torch.full((len(batch),), level, device=image.device)
-        encoded = network.encode(pad_to_multiple(tiles, align)[0], condition)
-        for k, i in enumerate(batch):
-            latents[i] = encoded[k]
+        encoded = engine.encode(np.stack([image[regions[i]] for i in batch]), level)
+        latents.update(zip(batch, encoded, strict=True))
     return [latents[i] for i in range(len(regions))]
 
 
 def _enhance_slice(
-    network: Any,
-    current: torch.Tensor,
+    engine: Engine,
+    current: np.ndarray,
     regions: list[tuple[slice, slice]],
-    above: Sequence[torch.Tensor | None],
+    above: Sequence[Any],
     level: float | None,
     batch_size: int,
     overlap: int,
     predict_next: int,
-) -> tuple[np.ndarray, np.ndarray | None, list[torch.Tensor]]:
+) -> tuple[np.ndarray, np.ndarray | None, list[Any]]:
     """One slice through E, R (hidden state: `above`), Q and G, tile by tile; returns the blended
     slice, the predicted next slices and this slice's latents. Leaves `above` untouched, so a
     slice that ran out of memory can be retried."""
     height, width = current.shape
     enhanced = Blender((height, width), overlap)
     predicted = Blender((predict_next, height, width), overlap)
-    latents = _encode_tiles(network, current, regions, level, batch_size)
+    latents: dict[int, Any] = {}
     order = sorted(range(len(regions)), key=lambda i: _shape(regions[i]))
     for batch in _batches(order, regions, batch_size):
-        here = torch.stack([latents[i] for i in batch])
-        context = [a if (a := above[i]) is not None else network.initial_state(latents[i]) for i in batch]
-        codes = network.roll(here, torch.stack(context), predict_next)
-        slices, _, _ = network.decode(torch.cat(codes, 0))
-        first = regions[batch[0]]
-        slices = slices[..., : _shape(first)[0], : _shape(first)[1]].float().cpu().numpy()
-        n = len(batch)
+        tiles = np.stack([current[regions[i]] for i in batch])
+        slices, encoded = engine.step(tiles, level, [above[i] for i in batch])
+        latents.update(zip(batch, encoded, strict=True))
         for k, i in enumerate(batch):
             enhanced.add(regions[i], slices[k, 0])
             if predict_next:
-                predicted.add(regions[i], slices[n + k :: n, 0])
-    return enhanced.result(), predicted.result() if predict_next else None, latents
+                predicted.add(regions[i], slices[k, 1:])
+    result = enhanced.result(), predicted.result() if predict_next else None
+    return *result, [latents[i] for i in range(len(regions))]
 
 
 def _shape(region: tuple[slice, slice]) -> tuple[int, int]:
@@ -337,18 +329,16 @@ def enhanced_slices(
     done: set[int] = set()
     plan.guarded.clear()  # a plan enhanced again starts its record afresh
     for view, levels in zip(plan.views, plan.levels, strict=True):
-        for z, (enhanced, predicted) in enumerate(
+        for z, (enhanced, predicted, observed) in enumerate(
             iter_enhanced(view, model, plan.norm, options, progress, levels)
         ):
             source = view.source_index(z)
             if source in done:  # the focus slice of a split stack: kept from the lower part
                 continue
             done.add(source)
-            if options.guard:
-                observed = normalize(view.plane(z), plan.norm)
-                if not explains(enhanced, observed):
-                    enhanced = ndimage.gaussian_filter(observed, FALLBACK_SIGMA_PX).astype(np.float32)
-                    plan.guarded.append(source)
+            if options.guard and not explains(enhanced, observed):
+                enhanced = ndimage.gaussian_filter(observed, FALLBACK_SIGMA_PX).astype(np.float32)
+                plan.guarded.append(source)
             restored = None if predicted is None else view.restore_plane(predicted)
             yield source, view.restore_plane(enhanced), restored
 

@@ -19,6 +19,7 @@ import torch
 from dqlr.atomic import atomic_path, refuse_existing
 from dqlr.config import Config
 from dqlr.errors import DqlrError
+from dqlr.model.graph import export_step_graph, file_digest, shipped_graph
 from dqlr.model.network import DQLR
 
 FORMAT = "dqlr-checkpoint"
@@ -44,10 +45,20 @@ class LoadedModel:
     config: Config
     meta: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    _graph: bytes | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
+
+    def step_graph(self) -> bytes:
+        """The network's one-slice step as ONNX (see dqlr.model.graph): the graph shipped with
+        the weights file when it matches them, else exported once and kept with this model."""
+        if self._graph is None:
+            digest = self.meta.get("sha256") or ""
+            found = shipped_graph(self.path, digest) if self.path else None
+            self._graph = found or export_step_graph(self.network, digest)
+        return self._graph
 
 
 def shipped_choices() -> str:
@@ -190,4 +201,5 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     network.to(device).eval()
     meta = {k: state.get(k) for k in ("epoch", "step", "normalization", "voxel_size", "init", "metrics")}
     meta["mode"] = config.mode
+    meta["sha256"] = file_digest(path)
     return LoadedModel(network=network, config=config, meta=meta, path=str(path))

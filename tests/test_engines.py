@@ -1,0 +1,107 @@
+"""ONNX Runtime runs the same network as torch: equal outputs, the right engine chosen, shipped
+graphs that match their weights (and are ignored when they do not)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from dqlr.config import EnhanceOptions
+from dqlr.errors import DqlrError
+from dqlr.inference.engines import OnnxEngine, TorchEngine, pad_tiles, pick_engine
+from dqlr.inference.enhance import iter_enhanced
+from dqlr.model import pad_to_multiple
+from dqlr.model.checkpoint import SHIPPED, LoadedModel, build_network, load_model, save_checkpoint
+from dqlr.model.graph import shipped_graph
+from dqlr.normalize import fit_normalization
+from dqlr.simulation import simulate_plant
+
+
+def _model(mode: str, quantize: bool = True) -> LoadedModel:
+    torch.manual_seed(2)
+    config = tiny_config(quantize=quantize).with_overrides({"mode": mode})
+    return LoadedModel(build_network(config).eval(), config, path=None)
+
+
+@pytest.fixture(scope="module")
+def stack() -> np.ndarray:
+    # Not a shape the simulator's defaults make, and flipped: odd sizes need padding in both engines.
+    return simulate_plant(shape=(5, 70, 90), seed=11).observed[::-1].astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["paper", "depth-aware"])
+def test_onnx_engine_equals_torch_over_a_tiled_stack(mode, stack) -> None:
+    model = _model(mode, quantize=False)  # no code flips between engines: compare every pixel
+    norm = fit_normalization(stack)
+    levels = np.linspace(0.0, 1.0, len(stack)).astype(np.float32) if mode == "depth-aware" else None
+
+    def run(engine: str) -> np.ndarray:
+        options = EnhanceOptions(tile=48, overlap=16, engine=engine)
+        return np.stack([s for s, _, _ in iter_enhanced(stack, model, norm, options, levels=levels)])
+
+    torch_result, onnx_result = run("torch"), run("onnx")
+    assert onnx_result.shape == stack.shape
+    assert np.abs(onnx_result - torch_result).max() < 1e-4 * float(np.ptp(torch_result))
+    assert np.ptp(onnx_result) > 0  # a real output, not zeros on both sides
+
+
+def test_quantized_engines_agree_but_for_rare_code_flips(stack) -> None:
+    """Floating-point order can move a code across the boundary between two dictionary entries."""
+    model = _model("paper")
+    norm = fit_normalization(stack)
+    results = [
+        np.stack([s for s, _, _ in iter_enhanced(stack, model, norm, EnhanceOptions(engine=e))])
+        for e in ("torch", "onnx")
+    ]
+    close = np.isclose(results[0], results[1], atol=1e-4 * float(np.ptp(results[0])))
+    assert close.mean() > 0.99
+
+
+def test_pad_tiles_matches_the_networks_padding() -> None:
+    tiles = np.random.default_rng(0).random((2, 13, 6)).astype(np.float32)
+    for multiple in (4, 8):  # reflect, then edge where the tile is smaller than the padding
+        expected = pad_to_multiple(torch.from_numpy(tiles)[:, None], multiple)[0][:, 0].numpy()
+        assert np.array_equal(pad_tiles(tiles, multiple), expected)
+
+
+def test_engine_choice() -> None:
+    model = _model("paper")
+    assert isinstance(pick_engine(model, "auto", 0), OnnxEngine)
+    assert isinstance(pick_engine(model, "torch", 0), TorchEngine)
+    assert isinstance(pick_engine(model, "auto", 2), TorchEngine)  # predictions come from torch
+    with pytest.raises(DqlrError, match="--engine onnx cannot run here: predictions of next slices"):
+        pick_engine(model, "onnx", 2)
+    model.config.model.initial_state = "random"
+    assert isinstance(pick_engine(model, "auto", 0), TorchEngine)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_graphs_match_their_weights(name) -> None:
+    model = load_model(name)
+    graph = shipped_graph(model.path, model.meta["sha256"])
+    assert graph is not None, "run scripts/export_shipped_graphs.py after changing a shipped model"
+    assert model.step_graph() == graph
+    tiles = np.random.default_rng(1).random((2, 64, 64)).astype(np.float32)
+    level = 0.5 if model.config.conditioned else None
+    expected, _ = TorchEngine(model).step(tiles, level, [None, None])
+    got, latents = OnnxEngine(model).step(tiles, level, [None, None])
+    assert latents[0].shape == (model.config.model.latent_channels, 16, 16)
+    assert np.isclose(got, expected, atol=1e-4).mean() > 0.99
+
+
+def test_a_graph_is_not_used_for_other_weights(tmp_path) -> None:
+    """A model file edited after its graph was made gets a fresh graph, not the stale one."""
+    model = load_model("paper")
+    state = {"config": model.config.to_dict(), "model": model.network.state_dict()}
+    with torch.no_grad():
+        state["model"]["generator.net.0.bias"] += 1.0
+    path = save_checkpoint(tmp_path / "dqlr_paper.pt", state)
+    path.with_suffix(".onnx").write_bytes(model.step_graph())  # the original weights' graph
+    edited = load_model(path)
+    assert shipped_graph(path, edited.meta["sha256"]) is None
+    tiles = np.random.default_rng(2).random((1, 64, 64)).astype(np.float32)
+    expected, _ = TorchEngine(edited).step(tiles, None, [None])
+    got, _ = OnnxEngine(edited).step(tiles, None, [None])
+    assert np.isclose(got, expected, atol=1e-4).mean() > 0.99

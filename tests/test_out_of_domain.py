@@ -82,6 +82,15 @@ def test_the_sharp_end_is_measured_at_the_models_pixel_size() -> None:
     assert not assess(fine, "auto", (1.0, 0.1, 0.1), model, match_pixel_size=False).flip
 
 
+class _Counter:
+    """Stands in for a progress bar."""
+
+    n = 0
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+
 def test_a_focus_inside_the_stack_is_found_and_each_side_enhanced_from_it() -> None:
     middle = simulate_plant(shape=(24, 128, 128), seed=8, focus_um=12.0)
     top_down = simulate_plant(shape=(24, 128, 128), seed=8).observed
@@ -100,8 +109,10 @@ def test_a_focus_inside_the_stack_is_found_and_each_side_enhanced_from_it() -> N
     lower, upper = plan.views
     assert [lower.source_index(0), lower.source_index(lower.shape[0] - 1)] == [inside, 23]
     assert [upper.source_index(0), upper.source_index(upper.shape[0] - 1)] == [inside, 0]
-    order = [z for z, _, _ in enhanced_slices(plan, model, dqlr.EnhanceOptions())]
+    counter = _Counter()
+    order = [z for z, _, _ in enhanced_slices(plan, model, dqlr.EnhanceOptions(), counter)]  # type: ignore[arg-type]
     assert sorted(order) == list(range(24))  # every slice once, the focus from the lower part
+    assert counter.n == 24  # and counted once on a progress bar
     assert order[: 24 - inside] == list(range(inside, 24)) and order[24 - inside :] == list(
         range(inside - 1, -1, -1)
     )

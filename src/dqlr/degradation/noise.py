@@ -17,7 +17,11 @@ from scipy import ndimage
 from dqlr.degradation.ops import read_plane, stack_array
 from dqlr.errors import DqlrError
 
-NOISE_SLICES = 32  # slices used (evenly spread) for the noise fit
+NOISE_SLICES = 32  # at most this many slices (evenly spread) for the noise fit
+# ... and no more of them than these pixels need: 8 slices of 512 x 512 gave the gain of 32 within
+# 0.1 % and a blur curve within 0.002 px, in a quarter of the time (issue 14). Stacks of slices up
+# to 256 x 256 still use 32 slices.
+NOISE_PIXELS = 2**21
 NOISE_BINS = 32
 FLAT_QUANTILE = 0.9  # keep pixels whose local range is below this quantile of pure noise's
 MIN_BIN_PIXELS = 200
@@ -75,9 +79,11 @@ def _flat_calibration() -> tuple[float, float, float]:
     return threshold, var_kept, k3_kept
 
 
-def _noise_slices(n_z: int) -> np.ndarray:
-    """Up to NOISE_SLICES slice indices, evenly spread."""
-    return np.unique(np.linspace(0, n_z - 1, min(n_z, NOISE_SLICES)).round().astype(int))
+def _noise_slices(shape: tuple[int, ...]) -> np.ndarray:
+    """Indices of the slices sampled for the noise fit (see NOISE_PIXELS), evenly spread."""
+    n_z, plane = shape[0], int(np.prod(shape[1:]))
+    count = min(n_z, NOISE_SLICES, max(4, math.ceil(NOISE_PIXELS / max(plane, 1))))
+    return np.unique(np.linspace(0, n_z - 1, count).round().astype(int))
 
 
 def _unclipped(plane: np.ndarray) -> np.ndarray:
@@ -89,7 +95,7 @@ def _unclipped(plane: np.ndarray) -> np.ndarray:
 def _noise_bins(data: Any) -> np.ndarray:
     """Rows (mean, variance, third cumulant, pixels, flat fraction) of flat pixels binned by mean."""
     parts: list[list[np.ndarray]] = [[], [], [], []]
-    for z in _noise_slices(data.shape[0]):
+    for z in _noise_slices(data.shape):
         plane = read_plane(data, z)
         ok = _unclipped(plane)
         for part, a in zip(parts, (plane, *_noise_features(plane)), strict=True):
@@ -189,7 +195,7 @@ def _robust_bins(data: Any) -> tuple[np.ndarray, float]:
     is the mean that its residuals' variance follows (same weights), so neither is biased.
     """
     parts: list[list[np.ndarray]] = [[], [], []]
-    for z in _noise_slices(data.shape[0]):
+    for z in _noise_slices(data.shape):
         plane = read_plane(data, z)
         ok = _unclipped(plane)
         if ok.sum() < ROBUST_MIN_PIXELS:  # nearly all pixels at the extremes: binary-like data

@@ -324,18 +324,20 @@ def enhanced_slices(
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """(source slice index, enhanced slice, predicted next slices) in the source's geometry and
     normalised units; slices come in the model's order (from the sharp end), view by view, each
-    source slice once. With options.guard, a slice whose result fails `explains` is replaced by
-    smoothing (recorded in plan.guarded)."""
+    source slice once (and counted once in `progress`). With options.guard, a slice whose result
+    fails `explains` is replaced by smoothing (recorded in plan.guarded)."""
     done: set[int] = set()
     plan.guarded.clear()  # a plan enhanced again starts its record afresh
     for view, levels in zip(plan.views, plan.levels, strict=True):
         for z, (enhanced, predicted, observed) in enumerate(
-            iter_enhanced(view, model, plan.norm, options, progress, levels)
+            iter_enhanced(view, model, plan.norm, options, None, levels)
         ):
             source = view.source_index(z)
             if source in done:  # the focus slice of a split stack: kept from the lower part
                 continue
             done.add(source)
+            if progress is not None:
+                progress.update(1)
             if options.guard and not explains(enhanced, observed):
                 enhanced = ndimage.gaussian_filter(observed, FALLBACK_SIGMA_PX).astype(np.float32)
                 plan.guarded.append(source)

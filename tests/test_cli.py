@@ -163,6 +163,33 @@ def test_enhance_help_states_every_default(capsys) -> None:
         assert option in text and f"(default: {default})" in text
 
 
+def test_every_option_of_every_command_has_help(capsys) -> None:
+    from dqlr.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.choices and "enhance" in a.choices).choices
+    missing = [
+        f"{name} {action.dest}"
+        for name, command in commands.items()
+        for action in command._actions
+        if not action.help
+    ]
+    assert not missing, missing
+
+
+def test_version_and_models(capsys) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"dqlr {version('dqlr')}"
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["paper", "noquant", "depth-aware (default)"]
+    assert "mode depth-aware; quantized; trained on 4 stack(s)" in lines[2]
+    assert "voxel size 1 x 0.25 x 0.25 µm" in lines[2]
+
+
 def test_convert_rewrites_an_old_model(tmp_path, capsys) -> None:
     config = tiny_config()
     old = config.to_dict()

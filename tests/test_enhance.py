@@ -135,6 +135,19 @@ def test_several_files_one_failing(model_file, stack, tmp_path) -> None:
     assert not (tmp_path / "out" / "b.tif").exists()
 
 
+def test_a_folder_gives_raw_stacks_only_and_names_what_it_skipped(tmp_path) -> None:
+    from dqlr.errors import DqlrWarning
+    from dqlr.inference.enhance import expand_inputs
+
+    for name in ("plant00_observed.tif", "plant00_clean.tif", "plant00_labels.tif", "out.next1.tif", "x.tif"):
+        write_stack(tmp_path / name, np.zeros((3, 16, 16), np.uint16))
+    (tmp_path / "notes.txt").write_text("not a stack")
+    with pytest.warns(DqlrWarning, match=r"skipped 3 file\(s\).*plant00_clean.tif, plant00_labels.tif"):
+        files = expand_inputs([tmp_path])
+    assert [f.name for f in files] == ["plant00_observed.tif", "x.tif"]
+    assert expand_inputs([tmp_path / "plant00_clean.tif"]) == [tmp_path / "plant00_clean.tif"]  # named: taken
+
+
 def test_loaded_model_object_is_accepted(model_file, stack) -> None:
     from dqlr.model.checkpoint import load_model
 

@@ -83,6 +83,9 @@ def test_report_command(tmp_path, capsys) -> None:
         str(out),
     ]
     assert main(args) == 0 and out.stat().st_size > 10_000
+    page = out.read_text()
+    assert f"Input: <b>input ({tmp_path / 'raw.tif'})</b>" in page  # the file, not just "input"
+    assert str(tmp_path / "other.tif") in page and "none given" not in page
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err
 

@@ -200,36 +200,79 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"converted: {convert_checkpoint(args.model, args.output, force=args.force)}")
 
 
+def _models(args: argparse.Namespace) -> None:
+    from dqlr.model.checkpoint import DEFAULT_MODEL, SHIPPED, describe_model, load_model
+
+    for name in SHIPPED:
+        model = load_model(name)
+        marker = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name}{marker}: {Path(str(model.path)).name}; {describe_model(model)}")
+    print(
+        "The shipped models learnt from simulated Arabidopsis SAM membrane stacks (`dqlr simulate`); "
+        "give a name to --model, or train your own with `dqlr train`."
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"dqlr {version('dqlr')}"
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "dqlr (version unknown: not installed)"
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parser_with_defaults() -> type[argparse.ArgumentParser]:
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("formatter_class", _Help)
+            super().__init__(*args, **kwargs)
+
+    return Parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dqlr.config import EnhanceOptions
 
     parser = argparse.ArgumentParser(
         prog="dqlr", description="Restore deep, degraded slices of confocal z-stacks (DQLR)."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_parser_with_defaults())
 
     p = sub.add_parser("simulate", help="write simulated SAM stacks (observed, clean, labels)")
     p.add_argument("out", type=Path, help="output folder")
-    p.add_argument("--plants", type=int, default=1)
-    p.add_argument("--shape", type=int, nargs=3, default=(48, 256, 256), metavar=("Z", "Y", "X"))
+    p.add_argument("--plants", type=int, default=1, help="number of plants (stacks) to simulate")
+    p.add_argument(
+        "--shape", type=int, nargs=3, default=(48, 256, 256), metavar=("Z", "Y", "X"), help="stack size"
+    )
     p.add_argument(
         "--voxel-size", type=float, nargs=3, default=(1.0, 0.25, 0.25), metavar=("Z", "Y", "X"), help="µm"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed makes the same plants)")
     p.add_argument("--noise", type=float, default=1.0, help="noise level multiplier")
     p.add_argument("--degradation", type=float, default=1.0, help="depth degradation multiplier")
-    p.add_argument("--dtype", default="uint16", choices=["uint8", "uint16", "float32"])
+    p.add_argument("--dtype", default="uint16", choices=["uint8", "uint16", "float32"], help="pixel type")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.set_defaults(run=_simulate)
 
     p = sub.add_parser("train", help="train a DQLR model on noisy stacks (self-supervised)")
-    p.add_argument("stacks", nargs="+", type=Path)
+    p.add_argument("stacks", nargs="+", type=Path, help="noisy stacks to learn from (no clean data needed)")
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics)")
     p.add_argument("--config", type=Path, help="YAML config (see `dqlr config`)")
     p.add_argument("--val", type=Path, help="validation stack (default: the last training stack)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--init", metavar="MODEL", help="fine-tune this model (a .pt file or a shipped name)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="number of epochs (default: the config's, 20)")
     p.add_argument(
         "--mode",
         choices=["paper", "depth-aware"],
@@ -264,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the shipped model of this training mode instead of the shipped default",
     )
     for name, field in EnhanceOptions.model_fields.items():
-        flag, described = f"--{name.replace('_', '-')}", f"{field.description} (default: {field.default})"
+        flag, described = f"--{name.replace('_', '-')}", field.description
         if isinstance(field.default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=described)
         elif name == "voxel_size":
@@ -276,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 flag, type=type(field.default), default=field.default, metavar=metavar, help=described
             )
-    p.add_argument("--channel", type=int)
-    p.add_argument("--timepoint", type=int)
+    p.add_argument("--channel", type=int, help="channel to enhance in a multi-channel file (default: 0)")
+    p.add_argument("--timepoint", type=int, help="time point to enhance in a time series (default: 0)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument(
         "--adapt",
@@ -314,24 +357,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reference", type=Path, help="clean stack (simulations)")
     p.add_argument("-o", "--output", type=Path, required=True, help="report .html")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="overwrite an existing report")
     p.set_defaults(run=_report)
 
     p = sub.add_parser("estimate", help="estimate a stack's degradation by depth, from it alone")
-    p.add_argument("stack", type=Path)
+    p.add_argument("stack", type=Path, help="the stack to measure")
     p.add_argument("--plot", type=Path, help="write the curves as a PNG")
-    p.add_argument("--channel", type=int)
-    p.add_argument("--timepoint", type=int)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--channel", type=int, help="channel of a multi-channel file (default: 0)")
+    p.add_argument("--timepoint", type=int, help="time point of a time series (default: 0)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
     p.set_defaults(run=_estimate)
 
     p = sub.add_parser("demo", help="simulate a stack, enhance it, write a picture")
-    p.add_argument("--out", type=Path, default=Path("out/demo"))
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the stacks and picture")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("config", help="print the default config as YAML")
     p.set_defaults(run=_config)
+
+    p = sub.add_parser("models", help="list the shipped models and what they were trained on")
+    p.set_defaults(run=_models)
 
     p = sub.add_parser("convert", help="rewrite a model file of an older dqlr in today's format")
     p.add_argument("model", type=Path, help="the old model file (read safely: weights only)")

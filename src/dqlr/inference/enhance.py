@@ -562,13 +562,31 @@ def stack_format_or_none(path: Path) -> str | None:
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders expand to the stacks they hold (TIFF, OME-TIFF, Zarr), sorted."""
+    """Files as given; folders expand to the stacks they hold (TIFF, OME-TIFF, Zarr), sorted,
+    without clean references, labels and next-slice predictions (a DqlrWarning names them)."""
     files: list[Path] = []
+    skipped: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir() and stack_format_or_none(item) is None:
-            files += sorted(p for p in item.iterdir() if stack_format_or_none(p) is not None)
+            found = sorted(p for p in item.iterdir() if stack_format_or_none(p) is not None)
+            files += [p for p in found if not _not_an_input(p)]
+            skipped += [p for p in found if _not_an_input(p)]
         else:
             files.append(item)
+    if skipped:
+        shown = ", ".join(p.name for p in skipped[:4]) + (", ..." if len(skipped) > 4 else "")
+        warnings.warn(
+            f"skipped {len(skipped)} file(s) in the input folder that are not raw stacks (clean "
+            f"references, labels or next-slice predictions): {shown}; name them to enhance them",
+            DqlrWarning,
+            stacklevel=2,
+        )
     if not files:
         raise DqlrError(f"no stacks found in {', '.join(map(str, inputs))}")
     return files
+
+
+def _not_an_input(path: Path) -> bool:
+    """The simulator's NAME_clean / NAME_labels stacks, and dqlr's NAME.nextK predictions."""
+    stem, _, rest = path.name.partition(".")
+    return stem.endswith(("_clean", "_labels")) or rest.startswith("next")

@@ -170,6 +170,24 @@ def shipped_model_path(name: str = "default") -> Path:
     return path
 
 
+def describe_model(model: LoadedModel) -> str:
+    """One line on what a model is and what it was trained on (for `dqlr models`)."""
+    stacks = [s.get("name", "?") for s in (model.meta.get("normalization") or {}).get("training_stacks", [])]
+    voxel = model.meta.get("voxel_size")
+    steps = model.meta.get("step")
+    parts = [
+        f"mode {model.config.mode}",
+        "quantized" if model.config.model.quantize else "no quantization",
+        f"trained on {len(stacks)} stack(s) ({', '.join(stacks[:4])}{', ...' if len(stacks) > 4 else ''})"
+        if stacks
+        else "training stacks not recorded",
+        f"voxel size {' x '.join(f'{v:g}' for v in voxel)} µm" if voxel else "voxel size not recorded",
+    ]
+    if steps is not None:
+        parts.append(f"{steps} training steps")
+    return "; ".join(parts)
+
+
 def resolve_model_path(path: str | Path | None) -> Path:
     """A file path as given, or the file of a shipped model named "default", "paper", ..."""
     if path is None:

@@ -43,9 +43,11 @@ def build_report(
     title: str = "dqlr report",
     pairs: Mapping[str, tuple[str, str]] | None = None,
     made: Mapping[str, str] | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> Path:
     """One self-contained HTML file (PNG figures inlined) comparing stacks of the same scene.
 
+    `files` maps a method name (or "reference") to the file its stack came from, shown on the page.
     `made` maps a method name to how its stack was made (the text dqlr stores in its outputs: the
     version, the model, and every note on what differed from the model's assumptions).
     `stacks` maps a method name to its stack; the first is taken as the input. `pairs` adds
@@ -96,6 +98,8 @@ def build_report(
     made_html = "".join(
         f"<h3>{html.escape(name)}</h3><pre>{html.escape(text)}</pre>" for name, text in (made or {}).items()
     )
+    files_html = _table_html([{"stack": k, "file": v} for k, v in (files or {}).items()])
+    shown = f"{first} ({files[first]})" if files and first in files else first
     settings_html = _table_html(
         [{"setting": k, "value": json.dumps(v, default=str)} for k, v in (settings or {}).items()]
     )
@@ -110,12 +114,13 @@ def build_report(
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #bbb;padding:3px 6px}}
 img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<p>Input: <b>{html.escape(first)}</b>. {note}Top and deep are the mean over the top and the
+<p>Input: <b>{html.escape(shown)}</b>. {note}Top and deep are the mean over the top and the
 deepest third of the slices.</p>
 <h2>Summary</h2>{_table_html(rows)}
 <h2>Figures</h2>{sections}
 <h2>How the results were made</h2>{made_html or "<p>not recorded in the result files</p>"}
-<h2>Settings</h2>{settings_html or "<p>none given</p>"}
+{"<h2>Files</h2>" + files_html if files_html else ""}
+{"<h2>Settings</h2>" + settings_html if settings_html else ""}
 <script>window.addEventListener("load",function(){{var n=0;document.querySelectorAll("img")
 .forEach(function(i){{if(i.complete&&i.naturalWidth>0)n++;}});
 document.body.setAttribute("data-images-rendered",n);}});</script>
@@ -139,6 +144,9 @@ def report_files(
     output = Path(output)
     refuse_existing(output, force)
     stacks = {"input": read_stack(input_path).data}
+    files = {"input": str(input_path), **{name: str(p) for name, p in results.items()}}
+    if reference is not None:
+        files["reference"] = str(reference)
     made = {}
     for name, result in results.items():
         read = read_stack(result)
@@ -149,4 +157,4 @@ def report_files(
     for name, stack in {**stacks, **({"reference": clean} if clean is not None else {})}.items():
         if stack.shape != stacks["input"].shape:
             raise DqlrError(f"{name}: shape {stack.shape} differs from the input's {stacks['input'].shape}")
-    return build_report(stacks, output, clean, title=title, made=made)
+    return build_report(stacks, output, clean, title=title, made=made, files=files)

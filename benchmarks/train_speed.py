@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dqlr.config import Config
+from dqlr.config import Config, RunOptions
 from dqlr.model import DQLR
 from dqlr.normalize import fit_normalization
 from dqlr.runtime import fast_math, pick_device
@@ -72,6 +72,24 @@ def _measure(config: Config, steps: int, device: torch.device) -> dict[str, floa
     }
 
 
+def trainer_step_seconds(config: Config, steps: int) -> float:
+    """Seconds per step of the real Trainer (the shipped default's recipe: half of each batch
+    depth-aware pairs), on the simulated plants of the other measure; setup and validation excluded."""
+    from dqlr.runtime import own_random_streams
+    from dqlr.training.trainer import Trainer
+
+    stacks = [simulate_plant(seed=s).observed for s in range(3)]
+    trainer = Trainer(config, stacks[:2], stacks[2], RunOptions(progress=False, device="cpu"))
+    trainer.network.train()
+    with fast_math(), own_random_streams(seed=0):
+        for _ in range(3):  # k-means initialisation and warm-up
+            trainer._step()
+        started = time.perf_counter()
+        for _ in range(steps):
+            trainer._step()
+    return (time.perf_counter() - started) / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
@@ -93,6 +111,12 @@ def main() -> None:
         },
         **measure(config, args.steps, device),
     }
+    default = Config().with_overrides({"mode": "depth-aware"})
+    per_step = trainer_step_seconds(default, args.steps)
+    result["default_model_trainer_seconds_per_step"] = per_step
+    result["default_model_predicted_training_minutes"] = (
+        per_step * default.train.steps_per_epoch * default.train.epochs / 60
+    )
     log = ROOT / "runs" / "default" / "default" / "metrics.csv"
     if log.is_file():
         rows = list(csv.DictReader(log.open()))
@@ -100,7 +124,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train_speed.json").write_text(json.dumps(result, indent=2))
     lines = [
-        "# Training speed (default config)",
+        "# Training speed (default config, and the shipped default's depth-aware recipe)",
         "",
         f"Machine: {result['machine']}; torch {result['torch']}, {result['threads']} threads.",
         f"Command: `.venv/bin/python benchmarks/train_speed.py --steps {args.steps}`",
@@ -113,6 +137,10 @@ def main() -> None:
         f"| predicted time for the default {config.train.epochs} epochs (min) "
         f"| {result['predicted_training_minutes']:.1f} |",
         f"| share of time in the window sampler | {result['fraction_in_sampler']:.0%} |",
+        f"| the shipped default's recipe (depth-aware, the real Trainer): seconds per step "
+        f"| {per_step:.2f} |",
+        f"| the shipped default's recipe: predicted time for {default.train.epochs} epochs "
+        f"(steps only, min) | {result['default_model_predicted_training_minutes']:.1f} |",
     ]
     if "shipped_model_training_minutes" in result:
         lines.append(

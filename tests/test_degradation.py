@@ -15,6 +15,7 @@ from dqlr.degradation import (
     estimate_degradation,
     estimate_noise,
     make_pairs,
+    tissue_centres,
 )
 from dqlr.errors import DqlrError
 from dqlr.simulation import Optics, SimulatedPlant, simulate_plant
@@ -218,6 +219,12 @@ def test_make_pairs_shapes_and_determinism(small: SimulatedPlant) -> None:
     assert np.all(degraded.mean(axis=(1, 2, 3)) < targets.mean(axis=(1, 2, 3)))  # attenuated
     again = make_pairs(small.observed, est, 6, 48, 3, np.random.default_rng(5))
     for a, b in zip((degraded, targets, depths), again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # tissue centres computed once and handed in (as the training sampler does): the same pairs
+    centres = tissue_centres(small.observed, est, 3)
+    assert len(centres) > 0 and centres.shape[1] == 2
+    given = make_pairs(small.observed, est, 6, 48, 3, np.random.default_rng(5), centres)
+    for a, b in zip((degraded, targets, depths), given, strict=True):
         np.testing.assert_array_equal(a, b)
     other = make_pairs(small.observed, est, 6, 48, 3, np.random.default_rng(6))
     assert not np.array_equal(other[0], degraded)

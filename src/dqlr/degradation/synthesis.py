@@ -78,16 +78,26 @@ def degrade(
     return out.astype(np.float32)
 
 
-def _tissue_centres(data: Any, degradation: DepthDegradation, first: int, stop: int) -> np.ndarray:
-    """(y, x) pixels inside the tissue in the source slices, for crops that show cells.
+def tissue_centres(stack: Any, degradation: DepthDegradation, window: int) -> np.ndarray:
+    """(y, x) pixels inside the tissue in the slices make_pairs takes windows of `window` from, for
+    crops that show cells. The same for every call on a stack: samplers compute it once and pass it
+    to make_pairs (it was 40 % of a depth-aware training step).
 
     A fixed 8-pixel smoothing (the mask's default, 2 µm at 0.25 µm pixels) is enough to tell tissue
     from background.
     """
+    data = stack_array(stack)
+    first, stop = _source_range(degradation, window)
     total = np.zeros(data.shape[1:], dtype=bool)
-    for z in range(first, stop):
+    for z in range(first, min(stop, data.shape[0])):
         total |= tissue_mask(read_plane(data, z), TISSUE_SIGMA_PX, float(degradation.background[z]))
     return np.argwhere(total)
+
+
+def _source_range(degradation: DepthDegradation, window: int) -> tuple[int, int]:
+    """Slices windows start in: the reference, and a quarter of its length more."""
+    first, stop = degradation.reference_slices
+    return first, max(stop + max(1, (stop - first) // 4), first + window)
 
 
 def make_pairs(
@@ -97,6 +107,7 @@ def make_pairs(
     crop: int,
     window: int,
     rng: np.random.Generator,
+    centres: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training pairs from the sharp upper slices: (degraded, original, target depth).
 
@@ -105,7 +116,8 @@ def make_pairs(
     uniformly from the slices below that source range, using the window's middle slice as the
     source so that a source below the reference is not degraded twice. Crops are centred on tissue
     when there is any, and degraded with a margin so the blur and halo see real neighbours.
-    Returns float32 (count, window, crop, crop) twice and int64 depths (count,).
+    Returns float32 (count, window, crop, crop) twice and int64 depths (count,). `centres`: what
+    tissue_centres gives for this stack, degradation and window (computed here when not given).
     """
     data = stack_array(stack)
     n_z, n_y, n_x = data.shape
@@ -115,11 +127,11 @@ def make_pairs(
         raise DqlrError(f"crop {crop} is larger than the slices ({n_y} x {n_x})")
     if len(degradation.depth_index) != n_z:
         raise DqlrError(f"the degradation has {len(degradation.depth_index)} slices, the stack {n_z}")
-    first, stop = degradation.reference_slices
-    stop = max(stop + max(1, (stop - first) // 4), first + window)  # the source range
+    first, stop = _source_range(degradation, window)
     if stop >= n_z:
         raise DqlrError(f"no slices left below the source slices {first}..{stop - 1} of a {n_z}-slice stack")
-    centres = _tissue_centres(data, degradation, first, stop)
+    if centres is None:
+        centres = tissue_centres(data, degradation, window)
     margin = int(
         math.ceil(3.0 * math.hypot(float(degradation.blur_sigma_px.max()), degradation.halo_sigma_px))
     )

@@ -125,6 +125,14 @@ class PairSampler:
         self.degradations = list(degradations)
         self.length, self.crop, self.scale_px = length, crop, scale_px
         self.target_smoothing_px, self.augment = target_smoothing_px, augment
+        self._centres: dict[int, np.ndarray] = {}  # per stack: tissue pixels to centre crops on
+
+    def _tissue_centres(self, index: int) -> np.ndarray:
+        from dqlr.degradation import tissue_centres
+
+        if index not in self._centres:
+            self._centres[index] = tissue_centres(self.stacks[index], self.degradations[index], self.length)
+        return self._centres[index]
 
     def sample(self, count: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from scipy.ndimage import gaussian_filter
@@ -136,7 +144,13 @@ class PairSampler:
         for index in np.unique(picks):
             k = int((picks == index).sum())
             degraded, sharp, depth = make_pairs(
-                self.stacks[index], self.degradations[index], k, self.crop, self.length, rng
+                self.stacks[index],
+                self.degradations[index],
+                k,
+                self.crop,
+                self.length,
+                rng,
+                self._tissue_centres(int(index)),
             )
             norm = self.normalizations[index]
             degraded, sharp = normalize(degraded, norm), normalize(sharp, norm)

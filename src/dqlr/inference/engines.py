@@ -82,9 +82,14 @@ class OnnxEngine:
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # as torch would use
         options.inter_op_num_threads = 1
+        # Denormals flushed in ONNX Runtime's threads, as torch does under fast_math. The runtime also
+        # sets the calling thread's flags; fast_math puts them back after each call into it.
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(model.step_graph(), options, providers=["CPUExecutionProvider"])
+        with fast_math():
+            self.session = ort.InferenceSession(
+                model.step_graph(), options, providers=["CPUExecutionProvider"]
+            )
         self.names = {i.name for i in self.session.get_inputs()}  # a paper-mode graph has no level
         self.downsample = model.config.model.downsample
         self.channels = model.config.model.latent_channels
@@ -99,7 +104,8 @@ class OnnxEngine:
         feed = {"tiles": np.ascontiguousarray(batch), "context": context}
         if "level" in self.names:
             feed["level"] = np.full(len(tiles), level or 0.0, np.float32)
-        slices, latents = self.session.run(None, feed)
+        with fast_math():
+            slices, latents = self.session.run(None, feed)
         return slices, latents
 
     def encode(self, tiles: np.ndarray, level: float | None) -> list[np.ndarray]:

@@ -135,7 +135,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     for path in (args.json, args.csv):
         if path is not None:
             refuse_existing(path, args.force)
-    evaluation = evaluate_files(args.result, args.reference, args.input, args.json, args.csv)
+    evaluation = evaluate_files(args.result, args.reference, args.input, args.json, args.csv, args.labels)
     print(format_table(evaluation))
 
 
@@ -341,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("result", type=Path, help="the stack to judge (e.g. an enhanced stack)")
     p.add_argument("--reference", type=Path, help="clean stack (simulations): PSNR and SSIM")
     p.add_argument("--input", type=Path, help="the raw stack, to show the gain over it")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        help="true cell labels (simulations): segment every slice and score the cells found by depth",
+    )
     p.add_argument("--json", type=Path, help="write all numbers as JSON")
     p.add_argument("--csv", type=Path, help="write per-slice numbers as CSV")
     p.add_argument("--force", action="store_true", help="overwrite existing --json/--csv files")

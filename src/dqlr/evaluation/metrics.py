@@ -19,6 +19,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dqlr.atomic import atomic_path, write_text
 from dqlr.errors import DqlrError
+from dqlr.evaluation.segmentation import SCORES, segment_slice, slice_scores
 from dqlr.io import check_finite, read_stack
 from dqlr.tissue import tissue_mask
 
@@ -76,6 +77,7 @@ def thirds(values: np.ndarray) -> dict[str, float]:
 SMOOTH_SIGMA_PX = 1.0  # light pre-smoothing so pixel noise does not count as sharpness or contrast
 NO_REFERENCE = ("sharpness", "contrast", "noise")
 WITH_REFERENCE = ("psnr", "ssim")
+WITH_LABELS = SCORES  # segmentation against true labels (dqlr.evaluation.segmentation)
 THIRDS = ("top", "middle", "deep")
 _TINY = 1e-12
 
@@ -155,8 +157,23 @@ _LABELS = {
     "sharpness": "sharpness",
     "contrast": "contrast",
     "noise": "noise",
+    "matched": "cells found",
+    "rand_error": "Rand error",
+    "split": "split",
+    "merged": "merged",
 }
-_FORMATS = {"psnr": ".2f", "ssim": ".3f", "sharpness": ".3g", "contrast": ".3f", "noise": ".3g"}
+_FORMATS = {
+    "psnr": ".2f",
+    "ssim": ".3f",
+    "sharpness": ".3g",
+    "contrast": ".3f",
+    "noise": ".3g",
+    "matched": ".3f",
+    "rand_error": ".3f",
+    "split": ".1f",
+    "merged": ".1f",
+}
+LOWER_IS_BETTER = ("noise", "rand_error", "split", "merged")
 
 
 def _check_shapes(shapes: dict[str, tuple[int, ...]]) -> None:
@@ -169,9 +186,11 @@ def _check_shapes(shapes: dict[str, tuple[int, ...]]) -> None:
         raise DqlrError(f"{first} has shape {tuple(shape)}; evaluation needs a ZYX stack of >= 3 slices")
 
 
-def _measure(stack: Any, reference: Any | None, name: str | None) -> dict[str, Any]:
+def _measure(
+    stack: Any, reference: Any | None, name: str | None, labels: Any | None = None
+) -> dict[str, Any]:
     """Per-slice measures of one stack and their thirds; reads one slice at a time."""
-    names = (WITH_REFERENCE if reference is not None else ()) + NO_REFERENCE
+    names = _metrics(reference, labels)
     values: dict[str, list[float]] = {key: [] for key in names}
     for z in range(int(stack.shape[0])):
         plane = np.asarray(stack[z], np.float64)
@@ -184,27 +203,43 @@ def _measure(stack: Any, reference: Any | None, name: str | None) -> dict[str, A
         values["sharpness"].append(sharpness(plane))
         values["contrast"].append(membrane_contrast(plane))
         values["noise"].append(noise_level(plane))
+        if labels is not None:
+            for key, value in slice_scores(np.asarray(labels[z]), segment_slice(plane)).items():
+                values[key].append(value)
     per = {key: np.array(v) for key, v in values.items()}
     return {"per_slice": per, "thirds": {key: thirds(v) for key, v in per.items()}}
 
 
-def _evaluate(result: Any, reference: Any, input: Any, names: dict[str, str | None]) -> dict[str, Any]:
+def _metrics(reference: Any | None, labels: Any | None) -> tuple[str, ...]:
+    return (
+        (WITH_REFERENCE if reference is not None else ())
+        + NO_REFERENCE
+        + (WITH_LABELS if labels is not None else ())
+    )
+
+
+def _evaluate(
+    result: Any, reference: Any, input: Any, names: dict[str, str | None], labels: Any | None = None
+) -> dict[str, Any]:
     shapes = {names["result"] or "result": tuple(result.shape)}
     if reference is not None:
         shapes[names["reference"] or "reference"] = tuple(reference.shape)
+    if labels is not None:
+        shapes[names.get("labels") or "labels"] = tuple(labels.shape)
     if input is not None:
         shapes[names["input"] or "input"] = tuple(input.shape)
     _check_shapes(shapes)
-    metrics = (WITH_REFERENCE if reference is not None else ()) + NO_REFERENCE
+    metrics = _metrics(reference, labels)
     evaluation: dict[str, Any] = {
         "n_slices": int(result.shape[0]),
         "metrics": list(metrics),
         "has_reference": reference is not None,
+        "has_labels": labels is not None,
         "has_input": input is not None,
-        "result": _measure(result, reference, names["result"]),
+        "result": _measure(result, reference, names["result"], labels),
     }
     if input is not None:
-        before = _measure(input, reference, names["input"])
+        before = _measure(input, reference, names["input"], labels)
         after = evaluation["result"]["thirds"]
         evaluation["input"] = before
         evaluation["gain"] = {
@@ -214,14 +249,20 @@ def _evaluate(result: Any, reference: Any, input: Any, names: dict[str, str | No
     return evaluation
 
 
-def evaluate(result: Any, reference: Any | None = None, input: Any | None = None) -> dict[str, Any]:
+def evaluate(
+    result: Any, reference: Any | None = None, input: Any | None = None, labels: Any | None = None
+) -> dict[str, Any]:
     """Per-slice measures and top/middle/deep means of a result, and of its input if given.
 
     With a reference: affine-fitted PSNR and SSIM per slice (simulated data). Always: sharpness,
-    contrast and noise level, so real stacks can be judged too. "gain" is result minus input per
-    third (for noise, lower is better). Stacks may be lazy; they are read one slice at a time.
+    contrast and noise level, so real stacks can be judged too. With true cell labels: a standard
+    membrane segmentation of every slice scored against them (dqlr.evaluation.segmentation: share
+    of cells found at IoU >= 0.5, adapted Rand error, split and merged cells). "gain" is result
+    minus input per third (for noise, Rand error, split and merged, lower is better). Stacks may be
+    lazy; they are read one slice at a time.
     """
-    return _evaluate(result, reference, input, {"result": None, "reference": None, "input": None})
+    names: dict[str, str | None] = {"result": None, "reference": None, "input": None, "labels": None}
+    return _evaluate(result, reference, input, names, labels)
 
 
 def _jsonable(value: Any) -> Any:
@@ -269,7 +310,8 @@ def format_table(evaluation: dict[str, Any]) -> str:
         for i, (label, values, sign) in enumerate(rows):
             cells = "".join(f"{_number(values[m][third], _FORMATS[m], sign):>{width}}" for m in metrics)
             lines.append(f"{third if i == 0 else '':<8}{label:<8}" + cells)
-    notes = "noise: lower is better; the others: higher is better"
+    lower = [_LABELS[m] for m in LOWER_IS_BETTER if m in metrics]
+    notes = f"{', '.join(lower)}: lower is better; the others: higher is better"
     if evaluation.get("has_reference"):
         notes += "; PSNR/SSIM after an affine fit to the reference"
     lines.append(notes)
@@ -299,21 +341,25 @@ def evaluate_files(
     input_path: str | os.PathLike | None = None,
     json_path: str | os.PathLike | None = None,
     csv_path: str | os.PathLike | None = None,
+    labels_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """`evaluate` on stacks read from files (lazily, slice by slice); optionally writes JSON and CSV."""
     result = read_stack(result_path, lazy=True)
     reference = read_stack(reference_path, lazy=True) if reference_path is not None else None
     input = read_stack(input_path, lazy=True) if input_path is not None else None
+    labels = read_stack(labels_path, lazy=True) if labels_path is not None else None
     names = {
         "result": str(result_path),
         "reference": None if reference_path is None else str(reference_path),
         "input": None if input_path is None else str(input_path),
+        "labels": None if labels_path is None else str(labels_path),
     }
     evaluation = _evaluate(
         result.data,
         None if reference is None else reference.data,
         None if input is None else input.data,
         names,
+        None if labels is None else labels.data,
     )
     evaluation["files"] = names
     if json_path is not None:

@@ -62,10 +62,8 @@ def test_evaluate_command_scores_segmentation_by_depth(tmp_path, capsys) -> None
     write_stack(tmp_path / "clean.tif", plant.clean)
     write_stack(tmp_path / "labels.tif", plant.labels)
     out = tmp_path / "scores.json"
-    code = main(
-        ["evaluate", str(tmp_path / "clean.tif"), "--labels", str(tmp_path / "labels.tif"), "--json", str(out)]
-    )
-    assert code == 0
+    clean, labels = str(tmp_path / "clean.tif"), str(tmp_path / "labels.tif")
+    assert main(["evaluate", clean, "--labels", labels, "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "cells found" in table and "Rand error, split, merged" in table
     values = json.loads(out.read_text())["result"]["per_slice"]["matched"]

@@ -177,6 +177,19 @@ def test_every_option_of_every_command_has_help(capsys) -> None:
     assert not missing, missing
 
 
+def test_help_and_input_errors_do_not_wait_for_torch(tmp_path) -> None:
+    """torch takes seconds to import; `--help` and a bad input must answer without it."""
+    code = (
+        "import sys; from dqlr.cli import main\n"
+        "try:\n    main(['enhance', '--help'])\nexcept SystemExit:\n    pass\n"
+        f"rc = main(['enhance', r'{tmp_path / 'missing.tif'}', '-o', r'{tmp_path / 'out.tif'}'])\n"
+        "print(rc, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["2", "False"], out.stdout[-300:]
+    assert "missing.tif: file not found" in out.stderr
+
+
 def test_version_and_models(capsys) -> None:
     from importlib.metadata import version
 

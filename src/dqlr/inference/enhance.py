@@ -12,10 +12,9 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -23,20 +22,24 @@ from dqlr.atomic import refuse_existing
 from dqlr.config import EnhanceOptions
 from dqlr.errors import DqlrError, DqlrWarning
 from dqlr.inference.checks import assess
-from dqlr.inference.engines import Engine, pick_engine
 from dqlr.inference.tiling import Blender, tile_grid
 from dqlr.io import StackView, check_finite, check_stack, create_stack_writer, read_stack, stack_format
-from dqlr.model.checkpoint import LoadedModel, load_model
-from dqlr.model.familiarity import METRIC as FAMILIARITY_METRIC
-from dqlr.model.familiarity import quantization_error
 from dqlr.normalize import Normalization, denormalize, fit_normalization, normalize
-from dqlr.runtime import pick_device
 
-ModelLike = LoadedModel | str | Path | None
+# torch (and what imports it) loads on first use, not with this module: checking the inputs and
+# outputs of `dqlr enhance` comes first and must not wait 2-3 s for it.
+if TYPE_CHECKING:
+    from dqlr.inference.engines import Engine
+    from dqlr.model.checkpoint import LoadedModel
+
+ModelLike: TypeAlias = "LoadedModel | str | Path | None"
 
 
 def as_model(model: ModelLike, device: str = "auto") -> LoadedModel:
     """A loaded model on `device`; "auto" leaves an already loaded model where it is."""
+    from dqlr.model.checkpoint import LoadedModel, load_model
+    from dqlr.runtime import pick_device
+
     if not isinstance(model, LoadedModel):
         return load_model(model, device=pick_device(device))
     if device != "auto" and model.device != pick_device(device):
@@ -78,6 +81,8 @@ def iter_enhanced(
     slice is retried with half the batch, then half the tile size (down to MIN_TILE, overlap at
     most a quarter tile), and the run goes on with the smaller setting.
     """
+    from dqlr.inference.engines import pick_engine
+
     engine = pick_engine(model, options.engine, options.predict_next)
     depth, height, width = stack.shape
     align = model.network.config.downsample
@@ -106,6 +111,8 @@ def iter_enhanced(
                     raise
             # Out of the except block, so the failed attempt's tensors are already released.
             if model.device.type == "cuda":
+                import torch
+
                 torch.cuda.empty_cache()
             if batch_size > 1:
                 batch_size //= 2
@@ -131,6 +138,8 @@ def iter_enhanced(
 
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the error a failed CPU allocation raises (torch or ONNX Runtime)."""
+    import torch
+
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     text = str(error).lower()
@@ -306,7 +315,9 @@ def plan_enhancement(
 def familiarity_notes(view: StackView, model: LoadedModel, norm: Normalization) -> list[str]:
     """A note when the stack's structure is unlike the model's training data (see
     dqlr.model.familiarity); none for a model without a saved reference or quantizer."""
-    reference = float((model.meta.get("metrics") or {}).get(FAMILIARITY_METRIC) or 0.0)
+    from dqlr.model.familiarity import METRIC, quantization_error
+
+    reference = float((model.meta.get("metrics") or {}).get(METRIC) or 0.0)
     if min(view.shape[1:]) < FAMILIAR_MIN_SIDE:  # codes near the border dominate: no fair judgement
         return []
     error = quantization_error(model.network, view, norm) if reference > 0 else None

@@ -73,6 +73,23 @@ def test_evaluate_command_scores_segmentation_by_depth(tmp_path, capsys) -> None
     assert "has shape" in capsys.readouterr().err
 
 
+def test_segment_without_labels_counts_cells_of_result_and_input(tmp_path, capsys) -> None:
+    image, _ = _grid()
+    sharp = np.stack([image] * 3).astype(np.uint16)
+    blurred = np.stack([np.full_like(image, image.mean())] * 3).astype(np.uint16)  # no walls left
+    scores = evaluate(sharp, input=blurred, segment=True)
+    assert scores["metrics"][-1] == "cells"
+    assert np.all(np.abs(scores["result"]["per_slice"]["cells"] - 36) <= 3)
+    assert np.all(scores["input"]["per_slice"]["cells"] == 0)
+    write_stack(tmp_path / "sharp.tif", sharp)
+    write_stack(tmp_path / "blurred.tif", blurred)
+    assert (
+        main(["evaluate", str(tmp_path / "sharp.tif"), "--input", str(tmp_path / "blurred.tif"), "--segment"])
+        == 0
+    )
+    assert "cells: how many the segmentation finds" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("value", [0.0, 7.0])
 def test_a_flat_slice_has_no_cells(value) -> None:
     assert not segment_slice(np.full((32, 32), value)).any()

@@ -135,7 +135,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     for path in (args.json, args.csv):
         if path is not None:
             refuse_existing(path, args.force)
-    evaluation = evaluate_files(args.result, args.reference, args.input, args.json, args.csv, args.labels)
+    evaluation = evaluate_files(
+        args.result, args.reference, args.input, args.json, args.csv, args.labels, args.segment
+    )
     print(format_table(evaluation))
 
 
@@ -345,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels",
         type=Path,
         help="true cell labels (simulations): segment every slice and score the cells found by depth",
+    )
+    p.add_argument(
+        "--segment",
+        action="store_true",
+        help="without labels: segment every slice (of --input too) and count the cells by depth",
     )
     p.add_argument("--json", type=Path, help="write all numbers as JSON")
     p.add_argument("--csv", type=Path, help="write per-slice numbers as CSV")

@@ -157,6 +157,7 @@ _LABELS = {
     "sharpness": "sharpness",
     "contrast": "contrast",
     "noise": "noise",
+    "cells": "cells",
     "matched": "cells found",
     "rand_error": "Rand error",
     "split": "split",
@@ -168,6 +169,7 @@ _FORMATS = {
     "sharpness": ".3g",
     "contrast": ".3f",
     "noise": ".3g",
+    "cells": ".1f",
     "matched": ".3f",
     "rand_error": ".3f",
     "split": ".1f",
@@ -187,10 +189,10 @@ def _check_shapes(shapes: dict[str, tuple[int, ...]]) -> None:
 
 
 def _measure(
-    stack: Any, reference: Any | None, name: str | None, labels: Any | None = None
+    stack: Any, reference: Any | None, name: str | None, labels: Any | None = None, segment: bool = False
 ) -> dict[str, Any]:
     """Per-slice measures of one stack and their thirds; reads one slice at a time."""
-    names = _metrics(reference, labels)
+    names = _metrics(reference, labels, segment)
     values: dict[str, list[float]] = {key: [] for key in names}
     for z in range(int(stack.shape[0])):
         plane = np.asarray(stack[z], np.float64)
@@ -203,23 +205,32 @@ def _measure(
         values["sharpness"].append(sharpness(plane))
         values["contrast"].append(membrane_contrast(plane))
         values["noise"].append(noise_level(plane))
+        if labels is not None or segment:
+            cells = segment_slice(plane)
+            values["cells"].append(float(len(np.unique(cells[cells > 0]))))
         if labels is not None:
-            for key, value in slice_scores(np.asarray(labels[z]), segment_slice(plane)).items():
+            for key, value in slice_scores(np.asarray(labels[z]), cells).items():
                 values[key].append(value)
     per = {key: np.array(v) for key, v in values.items()}
     return {"per_slice": per, "thirds": {key: thirds(v) for key, v in per.items()}}
 
 
-def _metrics(reference: Any | None, labels: Any | None) -> tuple[str, ...]:
+def _metrics(reference: Any | None, labels: Any | None, segment: bool = False) -> tuple[str, ...]:
     return (
         (WITH_REFERENCE if reference is not None else ())
         + NO_REFERENCE
+        + (("cells",) if labels is not None or segment else ())
         + (WITH_LABELS if labels is not None else ())
     )
 
 
 def _evaluate(
-    result: Any, reference: Any, input: Any, names: dict[str, str | None], labels: Any | None = None
+    result: Any,
+    reference: Any,
+    input: Any,
+    names: dict[str, str | None],
+    labels: Any | None = None,
+    segment: bool = False,
 ) -> dict[str, Any]:
     shapes = {names["result"] or "result": tuple(result.shape)}
     if reference is not None:
@@ -229,17 +240,17 @@ def _evaluate(
     if input is not None:
         shapes[names["input"] or "input"] = tuple(input.shape)
     _check_shapes(shapes)
-    metrics = _metrics(reference, labels)
+    metrics = _metrics(reference, labels, segment)
     evaluation: dict[str, Any] = {
         "n_slices": int(result.shape[0]),
         "metrics": list(metrics),
         "has_reference": reference is not None,
         "has_labels": labels is not None,
         "has_input": input is not None,
-        "result": _measure(result, reference, names["result"], labels),
+        "result": _measure(result, reference, names["result"], labels, segment),
     }
     if input is not None:
-        before = _measure(input, reference, names["input"], labels)
+        before = _measure(input, reference, names["input"], labels, segment)
         after = evaluation["result"]["thirds"]
         evaluation["input"] = before
         evaluation["gain"] = {
@@ -250,19 +261,24 @@ def _evaluate(
 
 
 def evaluate(
-    result: Any, reference: Any | None = None, input: Any | None = None, labels: Any | None = None
+    result: Any,
+    reference: Any | None = None,
+    input: Any | None = None,
+    labels: Any | None = None,
+    segment: bool = False,
 ) -> dict[str, Any]:
     """Per-slice measures and top/middle/deep means of a result, and of its input if given.
 
     With a reference: affine-fitted PSNR and SSIM per slice (simulated data). Always: sharpness,
     contrast and noise level, so real stacks can be judged too. With true cell labels: a standard
     membrane segmentation of every slice scored against them (dqlr.evaluation.segmentation: share
-    of cells found at IoU >= 0.5, adapted Rand error, split and merged cells). "gain" is result
+    of cells found at IoU >= 0.5, adapted Rand error, split and merged cells); with labels or
+    `segment`, the number of cells that segmentation finds per slice. "gain" is result
     minus input per third (for noise, Rand error, split and merged, lower is better). Stacks may be
     lazy; they are read one slice at a time.
     """
     names: dict[str, str | None] = {"result": None, "reference": None, "input": None, "labels": None}
-    return _evaluate(result, reference, input, names, labels)
+    return _evaluate(result, reference, input, names, labels, segment)
 
 
 def _jsonable(value: Any) -> Any:
@@ -311,7 +327,8 @@ def format_table(evaluation: dict[str, Any]) -> str:
             cells = "".join(f"{_number(values[m][third], _FORMATS[m], sign):>{width}}" for m in metrics)
             lines.append(f"{third if i == 0 else '':<8}{label:<8}" + cells)
     lower = [_LABELS[m] for m in LOWER_IS_BETTER if m in metrics]
-    notes = f"{', '.join(lower)}: lower is better; the others: higher is better"
+    counted = "; cells: how many the segmentation finds" if "cells" in metrics else ""
+    notes = f"{', '.join(lower)}: lower is better{counted}; the others: higher is better"
     if evaluation.get("has_reference"):
         notes += "; PSNR/SSIM after an affine fit to the reference"
     lines.append(notes)
@@ -342,6 +359,7 @@ def evaluate_files(
     json_path: str | os.PathLike | None = None,
     csv_path: str | os.PathLike | None = None,
     labels_path: str | os.PathLike | None = None,
+    segment: bool = False,
 ) -> dict[str, Any]:
     """`evaluate` on stacks read from files (lazily, slice by slice); optionally writes JSON and CSV."""
     result = read_stack(result_path, lazy=True)
@@ -360,6 +378,7 @@ def evaluate_files(
         None if input is None else input.data,
         names,
         None if labels is None else labels.data,
+        segment,
     )
     evaluation["files"] = names
     if json_path is not None:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dqlr.config import EnhanceOptions
-from dqlr.errors import DqlrError
+from dqlr.errors import DqlrError, DqlrWarning
 from dqlr.inference.enhance import enhance, enhance_file, enhance_files, iter_enhanced
 from dqlr.inference.tiling import Blender, tile_grid, tile_spans
 from dqlr.io import read_stack, write_stack
@@ -119,6 +119,16 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(model_file, tmp_path) ->
     with pytest.raises(DqlrError, match="not a dqlr model"):
         enhance_file(source, tmp_path / "b.tif", str(wrong))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.tif", "ok.tif", "wrong.pt"]
+
+
+def test_the_guards_notes_are_stored_in_the_output(model_file, stack, tmp_path) -> None:
+    """The untrained model explains no slice: the guard replaces them all, which is known only
+    after the last slice, and still recorded in the output's metadata."""
+    source = write_stack(tmp_path / "in.tif", stack)
+    with pytest.warns(DqlrWarning, match="6 of 6 slices"):
+        enhance_file(source, tmp_path / "out.tif", model_file, EnhanceOptions(device="cpu"))
+    info = read_stack(tmp_path / "out.tif").info
+    assert info is not None and "note: 6 of 6 slices (z = 0, 1, 2, 3, 4, 5) are plain smoothing" in info
 
 
 def test_several_files_one_failing(model_file, stack, tmp_path) -> None:

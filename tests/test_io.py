@@ -592,3 +592,19 @@ def test_stack_properties() -> None:
     assert stack.shape == (3, 4, 5)
     assert stack.dtype == np.uint16
     assert stack.axes == "ZYX"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_info_added_while_writing_is_stored(tmp_path, name) -> None:
+    """What is known only after the slices (the guard's notes) still lands in the file's metadata,
+    and the data, dtype and voxel size come through the extra pass unchanged."""
+    data = make_stack(np.float32, seed=4)
+    with create_stack_writer(tmp_path / name, data.shape, data.dtype, VOXEL, info="first line") as writer:
+        for z in range(data.shape[0]):
+            writer[z] = data[z]
+        writer.add_info("note: added at the end")
+    stack = read_stack(tmp_path / name)
+    assert stack.info == "first line\nnote: added at the end"
+    assert stack.data.dtype == np.float32 and np.array_equal(stack.data, data)
+    assert stack.voxel_size == pytest.approx(VOXEL)
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temp file left behind

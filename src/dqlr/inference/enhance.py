@@ -474,6 +474,9 @@ def _enhance_file(
             for k in range(options.predict_next):
                 assert predicted is not None
                 writers[k + 1][z] = denormalize(predicted[k], plan.norm, dtype)
+        for note in plan.guard_notes():  # known only now: stored when the outputs are finished
+            for writer in writers:
+                writer.add_info(f"note: {note}")
     return paths, plan.notes + plan.guard_notes()
 
 

@@ -48,7 +48,7 @@ class StackWriter:
     Use as a context manager: `writer[z] = slice2d`. On an exception the temporary output is
     removed and nothing at `path` changes. `info` is free text kept with the stack where a viewer
     shows it: ImageJ's Info property (TIFF), the image Description (OME-TIFF), attrs["dqlr"]["info"]
-    (Zarr).
+    (Zarr); `add_info` appends to it while slices are being written (what is only known at the end).
     """
 
     def __init__(
@@ -63,6 +63,7 @@ class StackWriter:
     ) -> None:
         self.path = Path(path)
         self.info = info
+        self._info_added = False
         self.format = stack_format(self.path)
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype).newbyteorder("=")
@@ -120,6 +121,31 @@ class StackWriter:
         self._array[z] = value
         self._written[z] = True
 
+    def add_info(self, text: str) -> None:
+        """Append a line to `info`; stored when the output is finished."""
+        self.info = f"{self.info}\n{text}" if self.info else text
+        self._info_added = True
+
+    def _store_added_info(self) -> None:
+        """TIFF metadata is written with the file's first page: copy the slices into a new temp
+        file that carries the final info (only when info was added; one more pass over the data)."""
+        if self.format == "zarr":
+            import zarr
+
+            zarr.open_group(str(self._tmp), mode="r+").attrs["dqlr"] = {"info": self.info}
+            return
+        self._array.flush()
+        self._array = None
+        source, self._tmp = self._tmp, temp_path(self.path)
+        try:
+            self._array = self._create()
+            old = tifffile.memmap(source, mode="r")
+            for z in range(self.shape[0]):
+                self._array[z] = old[z]
+            del old
+        finally:
+            remove(source)
+
     def __enter__(self) -> StackWriter:
         return self
 
@@ -140,6 +166,8 @@ class StackWriter:
                     f"{self.path}: only {self.shape[0] - missing} of {self.shape[0]} slices "
                     "were written; the output was discarded"
                 )
+            if self._info_added:
+                self._store_added_info()
             if self.format != "zarr":
                 self._array.flush()
             self._array = None

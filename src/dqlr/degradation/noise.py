@@ -18,9 +18,9 @@ from dqlr.degradation.ops import read_plane, stack_array
 from dqlr.errors import DqlrError
 
 NOISE_SLICES = 32  # at most this many slices (evenly spread) for the noise fit
-# ... and no more of them than these pixels need: 8 slices of 512 x 512 gave the gain of 32 within
-# 0.1 % and a blur curve within 0.002 px, in a quarter of the time (issue 14). Stacks of slices up
-# to 256 x 256 still use 32 slices.
+# ... and no more of them than these pixels need: on the 40 x 512 x 512 stack of
+# benchmarks/enhance_speed.py, 8 slices gave the gain of 32 within 0.1 % and a blur curve within
+# 0.002 px (checked by hand) in a quarter of the time. Slices up to 256 x 256 still use 32 slices.
 NOISE_PIXELS = 2**21
 NOISE_BINS = 32
 FLAT_QUANTILE = 0.9  # keep pixels whose local range is below this quantile of pure noise's

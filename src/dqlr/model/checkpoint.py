@@ -53,7 +53,8 @@ class LoadedModel:
 
     def step_graph(self) -> bytes:
         """The network's one-slice step as ONNX (see dqlr.model.graph): the graph shipped with
-        the weights file when it matches them, else exported once and kept with this model."""
+        the weights file when it matches them, else exported once and kept with this model (so a
+        network whose weights are changed in place needs a fresh LoadedModel)."""
         if self._graph is None:
             digest = self.meta.get("sha256") or ""
             found = shipped_graph(self.path, digest) if self.path else None

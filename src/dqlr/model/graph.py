@@ -2,7 +2,7 @@
 
 One call takes a batch of tiles of a slice, their degradation level and the latents of the slice
 above, and gives the enhanced tiles and the tiles' own latents (the slice below needs them):
-E, R, Q and G in one graph. ONNX Runtime runs it 2.6x faster than torch on 2 CPU cores
+E, R, Q and G in one graph. ONNX Runtime runs it 1.6x faster than torch on 2 CPU cores
 (benchmarks/results/enhance_speed.md). Predictions of the next slices stay with torch.
 
 The shipped models come with their graph (`dqlr_*.onnx` beside the `.pt`, made by

@@ -105,3 +105,26 @@ def test_a_graph_is_not_used_for_other_weights(tmp_path) -> None:
     expected, _ = TorchEngine(edited).step(tiles, None, [None])
     got, _ = OnnxEngine(edited).step(tiles, None, [None])
     assert np.isclose(got, expected, atol=1e-4).mean() > 0.99
+
+
+class _OrtAllocationError(Exception):
+    """Stands in for ONNX Runtime's error type, which is not a RuntimeError."""
+
+
+def test_onnx_runtime_out_of_memory_shrinks_tiles_too(stack, monkeypatch) -> None:
+    model = _model("paper", quantize=False)
+    norm = fit_normalization(stack)
+    run = OnnxEngine._run
+
+    def small_only(self, tiles, level, context):
+        if tiles.shape[-1] * tiles.shape[-2] * len(tiles) > 72 * 72:  # more than one 64-px tile
+            raise _OrtAllocationError(
+                "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory"
+            )
+        return run(self, tiles, level, context)
+
+    expected = [s for s, _, _ in iter_enhanced(stack, model, norm, EnhanceOptions(tile=64, overlap=16))]
+    monkeypatch.setattr(OnnxEngine, "_run", small_only)
+    shrunk = [s for s, _, _ in iter_enhanced(stack, model, norm, EnhanceOptions(tile=512, overlap=16))]
+    assert len(shrunk) == len(stack)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(shrunk, expected, strict=True)) < 1e-5

@@ -106,7 +106,7 @@ def iter_enhanced(
                     engine, plane, regions, above, level, batch_size, overlap, options.predict_next
                 )
                 break
-            except RuntimeError as error:
+            except Exception as error:  # ONNX Runtime's errors are not RuntimeErrors
                 if not is_out_of_memory(error):
                     raise
             # Out of the except block, so the failed attempt's tensors are already released.

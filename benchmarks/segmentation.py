@@ -27,7 +27,7 @@ import numpy as np
 
 import dqlr
 from dqlr.evaluation.baselines import gaussian_smoothing, richardson_lucy
-from dqlr.evaluation.segmentation import MATCH_IOU, SegmentationSettings, segment_slice, slice_scores
+from dqlr.evaluation.segmentation import SegmentationSettings, matched_cells, segment_slice, slice_scores
 from dqlr.simulation import SimulatedPlant
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,16 +58,7 @@ def methods(plant: SimulatedPlant, tuned: dict) -> dict[str, np.ndarray]:
 
 
 def found_cells(truth: np.ndarray, labels: np.ndarray) -> set[int]:
-    """True cells of a slice that a segment matches at IoU >= MATCH_IOU."""
-    ids = []
-    for cell in np.unique(truth[truth > 0]):
-        inside = truth == cell
-        segments, counts = np.unique(labels[inside], return_counts=True)
-        for segment, count in zip(segments, counts, strict=True):
-            if segment and count / (inside.sum() + (labels == segment).sum() - count) >= MATCH_IOU:
-                ids.append(int(cell))
-                break
-    return set(ids)
+    return set(matched_cells(truth, labels).tolist())
 
 
 def deep(stack: np.ndarray) -> range:

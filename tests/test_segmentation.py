@@ -10,7 +10,7 @@ import pytest
 
 from dqlr.cli import main
 from dqlr.evaluation.metrics import evaluate
-from dqlr.evaluation.segmentation import segment_slice, slice_scores
+from dqlr.evaluation.segmentation import matched_cells, segment_slice, slice_scores
 from dqlr.io import write_stack
 from dqlr.simulation import simulate_plant
 
@@ -34,6 +34,7 @@ def test_scores_of_known_cases() -> None:
     split[5:10, :16] = 99
     scores = slice_scores(truth, split)
     assert scores["split"] == 1.0 and scores["merged"] == 0.0 and scores["matched"] == 35 / 36
+    assert sorted(matched_cells(truth, split)) == list(range(2, 37))  # all but the cut cell
     merged = np.where(np.isin(truth, [2, 3]), 1, truth)  # the first three cells as one segment
     scores = slice_scores(truth, merged)
     assert scores["merged"] == 1.0 and scores["matched"] == 33 / 36 and scores["rand_error"] > 0

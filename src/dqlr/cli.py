@@ -233,13 +233,11 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _parser_with_defaults() -> type[argparse.ArgumentParser]:
-    class Parser(argparse.ArgumentParser):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("formatter_class", _Help)
-            super().__init__(*args, **kwargs)
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: its help shows the defaults (see _Help)."""
 
-    return Parser
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{"formatter_class": _Help, **kwargs})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dqlr", description="Restore deep, degraded slices of confocal z-stacks (DQLR)."
     )
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_parser_with_defaults())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     p = sub.add_parser("simulate", help="write simulated SAM stacks (observed, clean, labels)")
     p.add_argument("out", type=Path, help="output folder")

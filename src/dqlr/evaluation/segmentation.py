@@ -73,17 +73,29 @@ def _overlaps(truth: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndar
     return table[t_ids > 0][:, f_ids > 0], t_ids[t_ids > 0], f_ids[f_ids > 0]
 
 
+def _iou(truth: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU of every true cell (rows) with every segment (columns), each true cell's share in each
+    segment, and the true cells' ids (label 0 left out on both sides)."""
+    table, t_ids, f_ids = _overlaps(truth, found)
+    t_area = np.bincount(np.searchsorted(t_ids, truth[truth > 0]), minlength=len(t_ids))
+    f_area = np.bincount(np.searchsorted(f_ids, found[found > 0]), minlength=len(f_ids))
+    iou = table / np.maximum(t_area[:, None] + f_area[None, :] - table, 1)
+    return iou, table / np.maximum(t_area[:, None], 1), t_ids
+
+
+def matched_cells(truth: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Ids of the true cells that a segment overlaps at IoU >= MATCH_IOU."""
+    iou, _, t_ids = _iou(truth, found)
+    return t_ids[iou.max(1) >= MATCH_IOU] if iou.size else t_ids[:0]
+
+
 def slice_scores(truth: np.ndarray, found: np.ndarray) -> dict[str, float]:
     """matched (share of true cells found at IoU >= 0.5), rand_error, split and merged counts."""
-    table, t_ids, f_ids = _overlaps(truth, found)
+    iou, share, t_ids = _iou(truth, found)
     if not len(t_ids):
         return {"matched": float("nan"), "rand_error": float("nan"), "split": 0.0, "merged": 0.0}
-    t_area = np.bincount(np.searchsorted(t_ids, truth[truth > 0]), minlength=len(t_ids))
-    if len(f_ids):
-        f_area = np.bincount(np.searchsorted(f_ids, found[found > 0]), minlength=len(f_ids))
-        iou = table / (t_area[:, None] + f_area[None, :] - table)
+    if iou.size:
         matched = float((iou.max(1) >= MATCH_IOU).mean())
-        share = table / t_area[:, None]  # of each true cell, the part in each segment
         split = float(((share > SPLIT_PART).sum(1) >= 2).sum())
         merged = float(((share > MERGE_PART).sum(0) >= 2).sum())
     else:
@@ -93,14 +105,3 @@ def slice_scores(truth: np.ndarray, found: np.ndarray) -> dict[str, float]:
 
 
 SCORES = ("matched", "rand_error", "split", "merged")
-
-
-def segmentation_scores(
-    stack: np.ndarray, labels: np.ndarray, settings: SegmentationSettings = SegmentationSettings()
-) -> dict[str, np.ndarray]:
-    """Per-slice segmentation scores of a stack against true labels (reads one slice at a time)."""
-    rows = [
-        slice_scores(np.asarray(labels[z]), segment_slice(np.asarray(stack[z]), settings))
-        for z in range(int(stack.shape[0]))
-    ]
-    return {key: np.array([row[key] for row in rows]) for key in SCORES}

@@ -55,7 +55,7 @@ def setup() -> None:
         run(*pip, TORCH, "--index-url", index)
     else:
         run(*pip, TORCH)
-    run(*pip, "-e", ".[test]")
+    run(*pip, "-e", ".[test,all]")
     STAMP.write_text(wanted)
 
 

@@ -245,7 +245,7 @@ def _output_layout(
         raise DqlrError(f"{path}: stacks of shape {shape} do not fit the layout's {layout.zyx}")
     if fmt == "zarr":
         level_factors(layout.scales)  # levels that block means cannot make fail before any work
-    return layout.ordered(axis_order(fmt, dtype in IMAGEJ_DTYPES, layout.axes))
+    return layout.ordered(axis_order(fmt, fmt == "tiff" and dtype in IMAGEJ_DTYPES, layout.axes))
 
 
 def _imagej_display(layout: Layout) -> dict[str, Any]:

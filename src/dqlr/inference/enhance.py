@@ -453,7 +453,7 @@ def input_stacks(
 ) -> tuple[Layout, list[tuple[tuple[int, int], Stack]]]:
     """The stacks of a file to enhance, each (lazily read) with its place in the output (time
     point, channel), and the output's layout: the file's own, less the axes where one index
-    was picked. Every stack is checked as an input."""
+    was picked."""
     first = read_stack(
         path,
         channel=0 if channel == "all" else channel,
@@ -467,7 +467,6 @@ def input_stacks(
     for t in times:
         for c in channels:
             stack = first if not stacks else read_stack(path, channel=c, timepoint=t, lazy=True)
-            check_stack(stack.data, path)
             at = ((t or 0) if timepoint == "all" else 0, (c or 0) if channel == "all" else 0)
             stacks.append((at, stack))
     picked = layout.select(None if channel == "all" else channel, None if timepoint == "all" else timepoint)
@@ -475,7 +474,8 @@ def input_stacks(
 
 
 def _where(at: tuple[int, int], layout: Layout) -> str:
-    """ "channel 1, time point 0: " in a file of several stacks; "" in a file of one."""
+    """Which stack a note is about ("channel 1, time point 0: ") in an output of several; "" in
+    an output of one."""
     named = [
         f"{name} {i}"
         for name, i, axis in (("time point", at[0], "T"), ("channel", at[1], "C"))
@@ -501,6 +501,7 @@ def _enhance_file(
     voxel_size = options.voxel_size or stack.voxel_size
     plans, notes = [], []
     for at, each in stacks:
+        check_stack(each.data, input_path)
         plans.append(plan_enhancement(each.data, loaded, options, voxel_size))
         notes += [_where(at, layout) + note for note in plans[-1].notes]
     info = "\n".join(filter(None, [stack.info, provenance(loaded, notes)]))

@@ -106,6 +106,16 @@ def _enhance(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _index_or_all(text: str) -> int | str:
+    """--channel / --timepoint: a number, or "all"."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'all'") from None
+
+
 def _adapted_model(args: argparse.Namespace, model: str | None, options: Any) -> Path:
     """--adapt: fine-tune on the inputs themselves; the model lands next to the output."""
     from dqlr.api import adapt
@@ -319,8 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 flag, type=type(field.default), default=field.default, metavar=metavar, help=described
             )
-    p.add_argument("--channel", type=int, help="channel to enhance in a multi-channel file (default: 0)")
-    p.add_argument("--timepoint", type=int, help="time point to enhance in a time series (default: 0)")
+    p.add_argument(
+        "--channel",
+        type=_index_or_all,
+        help="channel to enhance in a multi-channel file, or 'all': every one, written back as channels",
+    )
+    p.add_argument(
+        "--timepoint",
+        type=_index_or_all,
+        help="time point to enhance in a time series, or 'all': every one, written back as a series",
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument(
         "--adapt",

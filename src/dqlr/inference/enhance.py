@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 from scipy import ndimage
@@ -23,7 +23,17 @@ from dqlr.config import EnhanceOptions
 from dqlr.errors import DqlrError, DqlrWarning
 from dqlr.inference.checks import assess
 from dqlr.inference.tiling import Blender, tile_grid
-from dqlr.io import StackView, check_finite, check_stack, create_stack_writer, read_stack, stack_format
+from dqlr.io import (
+    Layout,
+    Stack,
+    StackView,
+    check_finite,
+    check_stack,
+    create_stack_writer,
+    read_layout,
+    read_stack,
+    stack_format,
+)
 from dqlr.normalize import Normalization, denormalize, fit_normalization, normalize
 
 # torch (and what imports it) loads on first use, not with this module: checking the inputs and
@@ -33,6 +43,8 @@ if TYPE_CHECKING:
     from dqlr.model.checkpoint import LoadedModel
 
 ModelLike: TypeAlias = "LoadedModel | str | Path | None"
+# A channel or time point of a file: one index, every one ("all"), or None where the file has one.
+Pick: TypeAlias = int | Literal["all"] | None
 
 
 def as_model(model: ModelLike, device: str = "auto") -> LoadedModel:
@@ -436,22 +448,63 @@ def _next_path(output: Path, k: int) -> Path:
     return output.with_name(f"{stem}.next{k}{suffix}")
 
 
+def input_stacks(
+    path: Path, channel: Pick, timepoint: Pick
+) -> tuple[Layout, list[tuple[tuple[int, int], Stack]]]:
+    """The stacks of a file to enhance, each (lazily read) with its place in the output (time
+    point, channel), and the output's layout: the file's own, less the axes where one index
+    was picked."""
+    first = read_stack(
+        path,
+        channel=0 if channel == "all" else channel,
+        timepoint=0 if timepoint == "all" else timepoint,
+        lazy=True,
+    )
+    layout = read_layout(path)
+    times = range(layout.size("T")) if timepoint == "all" else [timepoint]
+    channels = range(layout.size("C")) if channel == "all" else [channel]
+    stacks: list[tuple[tuple[int, int], Stack]] = []
+    for t in times:
+        for c in channels:
+            stack = first if not stacks else read_stack(path, channel=c, timepoint=t, lazy=True)
+            at = ((t or 0) if timepoint == "all" else 0, (c or 0) if channel == "all" else 0)
+            stacks.append((at, stack))
+    picked = layout.select(None if channel == "all" else channel, None if timepoint == "all" else timepoint)
+    return picked, stacks
+
+
+def _where(at: tuple[int, int], layout: Layout) -> str:
+    """Which stack a note is about ("channel 1, time point 0: ") in an output of several; "" in
+    an output of one."""
+    named = [
+        f"{name} {i}"
+        for name, i, axis in (("time point", at[0], "T"), ("channel", at[1], "C"))
+        if axis in layout.axes
+    ]
+    return ", ".join(named[::-1]) + ": " if named else ""
+
+
 def _enhance_file(
     input_path: Path,
     output_path: Path,
     loaded: LoadedModel,
     options: EnhanceOptions,
     force: bool,
-    channel: int | None,
-    timepoint: int | None,
+    channel: Pick,
+    timepoint: Pick,
     progress: tqdm | None,
 ) -> tuple[list[Path], list[str]]:
     """enhance_file's work; returns the written paths and the notes for the user."""
-    stack = read_stack(input_path, channel=channel, timepoint=timepoint, lazy=True)
+    layout, stacks = input_stacks(input_path, channel, timepoint)
     stack_format(output_path)
-    check_stack(stack.data, input_path)
+    stack = stacks[0][1]
     voxel_size = options.voxel_size or stack.voxel_size
-    plan = plan_enhancement(stack.data, loaded, options, voxel_size)
+    plans, notes = [], []
+    for at, each in stacks:
+        check_stack(each.data, input_path)
+        plans.append(plan_enhancement(each.data, loaded, options, voxel_size))
+        notes += [_where(at, layout) + note for note in plans[-1].notes]
+    info = "\n".join(filter(None, [stack.info, provenance(loaded, notes)]))
     shape, dtype = stack.data.shape, stack.data.dtype
     paths = [output_path] + [_next_path(output_path, k + 1) for k in range(options.predict_next)]
     with contextlib.ExitStack() as open_writers:  # on any error every temp output is removed
@@ -464,20 +517,23 @@ def _enhance_file(
                     voxel_size,
                     force=force,
                     protect=[input_path],
-                    info=provenance(loaded, plan.notes),
+                    info=info,
+                    layout=layout,
                 )
             )
             for p in paths
         ]
-        for z, slice_, predicted in enhanced_slices(plan, loaded, options, progress):
-            writers[0][z] = denormalize(slice_, plan.norm, dtype)
-            for k in range(options.predict_next):
-                assert predicted is not None
-                writers[k + 1][z] = denormalize(predicted[k], plan.norm, dtype)
-        for note in plan.guard_notes():  # known only now: stored when the outputs are finished
-            for writer in writers:
-                writer.add_info(f"note: {note}")
-    return paths, plan.notes + plan.guard_notes()
+        for (at, _), plan in zip(stacks, plans, strict=True):
+            for z, slice_, predicted in enhanced_slices(plan, loaded, options, progress):
+                writers[0][(*at, z)] = denormalize(slice_, plan.norm, dtype)
+                for k in range(options.predict_next):
+                    assert predicted is not None
+                    writers[k + 1][(*at, z)] = denormalize(predicted[k], plan.norm, dtype)
+            for note in plan.guard_notes():  # known only now: stored when the outputs are finished
+                notes.append(_where(at, layout) + note)
+                for writer in writers:
+                    writer.add_info(f"note: {notes[-1]}")
+    return paths, notes
 
 
 def enhance_file(
@@ -486,11 +542,16 @@ def enhance_file(
     model: ModelLike = None,
     options: EnhanceOptions | None = None,
     force: bool = False,
-    channel: int | None = None,
-    timepoint: int | None = None,
+    channel: Pick = None,
+    timepoint: Pick = None,
     progress: tqdm | None = None,
 ) -> list[Path]:
     """Enhance one file into another of the same format, dtype, axes and voxel size.
+
+    `channel` / `timepoint` pick one stack of a multi-channel file or time series; "all"
+    enhances every one, each as a stack of its own, into a file of the input's layout. The
+    output carries the input's channel names, display ranges and LUTs, ImageJ Info and slice
+    labels, and (OME-Zarr) the input's pyramid levels, computed from the enhanced stack.
 
     Slices stream from the (memory-mapped) input to the output, written to a temp file and renamed
     when complete; the input is never overwritten. With predict_next = n, n more stacks are
@@ -521,8 +582,8 @@ def enhance_files(
     model: ModelLike = None,
     options: EnhanceOptions | None = None,
     force: bool = False,
-    channel: int | None = None,
-    timepoint: int | None = None,
+    channel: Pick = None,
+    timepoint: Pick = None,
     progress: bool = True,
 ) -> list[FileOutcome]:
     """Enhance several files (or folders of them) in turn; one failure does not stop the others.
@@ -545,7 +606,8 @@ def enhance_files(
         try:
             stack_format(target)
             refuse_existing(target, force)
-            depths.append(read_stack(source, channel=channel, timepoint=timepoint, lazy=True).shape[0])
+            _, stacks = input_stacks(source, channel, timepoint)
+            depths.append(sum(stack.shape[0] for _, stack in stacks))
         except DqlrError as error:
             problems[source] = str(error)
             depths.append(0)

@@ -17,6 +17,8 @@ import tifffile
 
 from dqlr.atomic import move_into_place, refuse_existing, remove, temp_path
 from dqlr.errors import DqlrError
+from dqlr.io.layout import Layout, axis_order
+from dqlr.io.pyramid import level_factors, multiscales_attrs, omero_attrs, write_pyramid
 from dqlr.io.stack import PathLike, looks_like_zarr, stack_format
 
 # ImageJ hyperstacks hold only these; other dtypes go into a plain TIFF so they are kept exactly.
@@ -49,6 +51,10 @@ class StackWriter:
     removed and nothing at `path` changes. `info` is free text kept with the stack where a viewer
     shows it: ImageJ's Info property (TIFF), the image Description (OME-TIFF), attrs["dqlr"]["info"]
     (Zarr); `add_info` appends to it while slices are being written (what is only known at the end).
+
+    `layout` (optional) makes it a file of several stacks, `writer[t, c, z] = slice2d`, with the
+    layout's time points and channels, channel names and display settings, ImageJ slice labels and
+    (Zarr) pyramid levels; `shape` is then each stack's ZYX shape.
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class StackWriter:
         force: bool = False,
         protect: Iterable[PathLike] = (),
         info: str | None = None,
+        layout: Layout | None = None,
     ) -> None:
         self.path = Path(path)
         self.info = info
@@ -73,9 +80,10 @@ class StackWriter:
             raise DqlrError(f"{path}: cannot write shape {self.shape}; it must be a 3-D ZYX stack")
         if self.dtype.kind not in "uif":
             raise DqlrError(f"{path}: cannot write data type {self.dtype}; use integers or floats")
+        self.layout = _output_layout(self.path, self.format, self.dtype, self.shape, layout)
         _check_target(self.path, force, protect)
         self._tmp = temp_path(self.path)
-        self._written = np.zeros(self.shape[0], dtype=bool)
+        self._written = np.zeros((self.layout.size("T"), self.layout.size("C"), self.shape[0]), dtype=bool)
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,38 +96,46 @@ class StackWriter:
 
     def _create(self) -> Any:
         z, y, x = self.voxel_size or (None, None, None)
+        layout = self.layout
         if self.format == "zarr":
-            return _create_zarr(self._tmp, self.shape, self.dtype, self.voxel_size, self.info)
+            return _create_zarr(self._tmp, layout, self.dtype, self.voxel_size, self.info)
         kwargs: dict[str, Any] = {"photometric": "minisblack"}
         if self.format == "ome-tiff":
-            metadata: dict[str, Any] = {"axes": "ZYX"}
+            metadata: dict[str, Any] = {"axes": layout.axes}
             if self.info:
                 metadata["Description"] = self.info
             if self.voxel_size:
                 for axis, size in zip("ZYX", (z, y, x), strict=True):
                     metadata[f"PhysicalSize{axis}"] = size
                     metadata[f"PhysicalSize{axis}Unit"] = "µm"
+            if any(c.name for c in layout.channels):
+                metadata["Channel"] = {"Name": [c.name or "" for c in layout.channels]}
             kwargs.update(ome=True, metadata=metadata)
         else:
             # ImageJ convention: resolution in pixels per `unit`, z spacing in `unit`.
-            metadata = {"axes": "ZYX"}
+            metadata = {"axes": layout.axes}
             if self.info:
                 metadata["Info"] = self.info
             if self.voxel_size:
                 vz, vy, vx = self.voxel_size
                 metadata.update(spacing=vz, unit="um")
                 kwargs.update(resolution=(1.0 / vx, 1.0 / vy), resolutionunit=1)
+            if self.dtype in IMAGEJ_DTYPES:
+                metadata.update(_imagej_display(layout))
             kwargs.update(imagej=self.dtype in IMAGEJ_DTYPES, metadata=metadata)
-        return tifffile.memmap(self._tmp, shape=self.shape, dtype=self.dtype, **kwargs)
+        return tifffile.memmap(self._tmp, shape=layout.shape, dtype=self.dtype, **kwargs)
 
-    def __setitem__(self, z: int | slice, value: Any) -> None:
+    def __setitem__(self, key: int | slice | tuple[int, int, int | slice], value: Any) -> None:
+        """`writer[z] = slice` (the first stack), or `writer[t, c, z]` in a file of several."""
         if self._closed:
             raise ValueError(f"writer for {self.path} is already closed")
+        t, c, z = key if isinstance(key, tuple) else (0, 0, key)
         value = np.asarray(value)
         if not np.can_cast(value.dtype, self.dtype, casting="same_kind"):
             raise ValueError(f"cannot write {value.dtype} slices into a {self.dtype} stack")
-        self._array[z] = value
-        self._written[z] = True
+        at = {"T": t, "C": c, "Z": z}
+        self._array[tuple(at.get(a, slice(None)) for a in self.layout.axes)] = value
+        self._written[t, c, z] = True
 
     def add_info(self, text: str) -> None:
         """Append a line to `info`; stored when the output is finished."""
@@ -140,8 +156,8 @@ class StackWriter:
         try:
             self._array = self._create()
             old = tifffile.memmap(source, mode="r")
-            for z in range(self.shape[0]):
-                self._array[z] = old[z]
+            for plane in np.ndindex(self.layout.shape[:-2]):
+                self._array[plane] = old[plane]
             del old
         finally:
             remove(source)
@@ -163,13 +179,15 @@ class StackWriter:
             missing = int((~self._written).sum())
             if missing:
                 raise DqlrError(
-                    f"{self.path}: only {self.shape[0] - missing} of {self.shape[0]} slices "
+                    f"{self.path}: only {self._written.size - missing} of {self._written.size} slices "
                     "were written; the output was discarded"
                 )
             if self._info_added:
                 self._store_added_info()
             if self.format != "zarr":
                 self._array.flush()
+            elif len(self.layout.scales) > 1:
+                write_pyramid(self._tmp, self.layout.axes, self.layout.scales, ZARR_TILE)
             self._array = None
             refuse_existing(self.path, self.force)
             move_into_place(self._tmp, self.path)
@@ -190,37 +208,59 @@ class StackWriter:
 
 
 def _create_zarr(
-    tmp: Path, shape: tuple[int, ...], dtype: np.dtype, voxel_size: tuple | None, info: str | None
+    tmp: Path, layout: Layout, dtype: np.dtype, voxel_size: tuple | None, info: str | None
 ) -> Any:
-    """OME-Zarr (NGFF 0.4, zarr v2) with one slice per chunk, so streaming reads one chunk."""
+    """OME-Zarr (NGFF 0.4, zarr v2) with one slice per chunk, so streaming reads one chunk; the
+    lower pyramid levels the metadata lists are written on close (`write_pyramid`)."""
     import zarr
 
     root = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
-    chunks = (1, min(shape[1], ZARR_TILE), min(shape[2], ZARR_TILE))
+    chunks = tuple(
+        min(n, ZARR_TILE) if a in "YX" else 1 for a, n in zip(layout.axes, layout.shape, strict=True)
+    )
     array = root.create_array(
         "0",
-        shape=shape,
+        shape=layout.shape,
         dtype=dtype,
         chunks=chunks,
         fill_value=0,
         chunk_key_encoding={"name": "v2", "separator": "/"},
     )
-    axes: list[dict[str, str]] = [{"name": n, "type": "space"} for n in "zyx"]
-    if voxel_size:
-        for axis in axes:
-            axis["unit"] = "micrometer"
-    scale = [float(s) for s in voxel_size] if voxel_size else [1.0, 1.0, 1.0]
-    root.attrs["multiscales"] = [
-        {
-            "version": "0.4",
-            "name": tmp.name.split(".tmp-")[0].lstrip("."),
-            "axes": axes,
-            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-        }
-    ]
+    name = tmp.name.split(".tmp-")[0].lstrip(".")
+    root.attrs["multiscales"] = [multiscales_attrs(name, layout.axes, voxel_size, layout.scales)]
+    if layout.channels:
+        root.attrs["omero"] = omero_attrs(layout.channels, dtype)
     if info:
         root.attrs["dqlr"] = {"info": info}
     return array
+
+
+def _output_layout(
+    path: Path, fmt: str, dtype: np.dtype, shape: tuple[int, ...], layout: Layout | None
+) -> Layout:
+    """The layout as this format stores it (its axis order); a plain ZYX stack without one."""
+    if layout is None:
+        return Layout.of_stack(shape)
+    if layout.zyx != shape:
+        raise DqlrError(f"{path}: stacks of shape {shape} do not fit the layout's {layout.zyx}")
+    if fmt == "zarr":
+        level_factors(layout.scales)  # levels that block means cannot make fail before any work
+    return layout.ordered(axis_order(fmt, fmt == "tiff" and dtype in IMAGEJ_DTYPES, layout.axes))
+
+
+def _imagej_display(layout: Layout) -> dict[str, Any]:
+    """ImageJ's display range (min/max, Ranges), LUTs and slice labels of a layout."""
+    extra: dict[str, Any] = {}
+    channels = layout.channels
+    if channels and all(c.display_range is not None for c in channels):
+        extra["Ranges"] = tuple(float(v) for c in channels for v in c.display_range or ())
+        if len(channels) == 1:
+            extra["min"], extra["max"] = extra["Ranges"]
+    if channels and all(c.lut is not None for c in channels):
+        extra["LUTs"] = [np.asarray(c.lut, np.uint8) for c in channels]
+    if layout.labels is not None:
+        extra["Labels"] = [str(v) for v in np.ravel(layout.labels)]
+    return extra
 
 
 def _check_voxel_size(path: PathLike, voxel_size: Any) -> tuple[float, float, float] | None:

@@ -41,7 +41,7 @@ def _example(
         from dqlr.simulation import simulate_plant
 
         voxel = tuple(trained) if trained else (1.0, 0.25, 0.25)
-        plant = simulate_plant(EXAMPLE_SHAPE, voxel_size=voxel, seed=0)  # type: ignore[arg-type]
+        plant = simulate_plant(EXAMPLE_SHAPE, voxel_size=voxel, seed=0)
         return plant.observed, plant.voxel_size, "a simulated SAM stack"
     if isinstance(example, np.ndarray):
         return example, voxel_size, "the example stack"
@@ -72,6 +72,8 @@ def export_bioimageio(
     views, notes = model_views(data, loaded, EnhanceOptions(), voxel)
     levels, more = degradation_levels(views[0], loaded)
     notes = [f"{source}: {note}" for note in notes + more]
+    if loaded.config.model.initial_state == "random":
+        notes.append("the package starts the top slice from a zero state (the model draws a random one)")
     path = write_package(
         loaded,
         output,
@@ -93,7 +95,12 @@ def export_bioimageio(
 def test_package(path: str | Path) -> str | None:
     """Run bioimage.io's test of a package (validation, then each weights format on the test
     tensors) on the CPU; None when it passes, else the first failure in one line."""
-    from bioimageio.core import test_model
+    try:
+        from bioimageio.core import test_model
+    except ImportError:
+        raise DqlrError(
+            "testing a bioimage.io package needs bioimageio.core: pip install 'dqlr[bioimageio]'"
+        ) from None
 
     summary = test_model(str(path), devices=["cpu"])
     if summary.status == "passed":

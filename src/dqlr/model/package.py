@@ -153,6 +153,13 @@ def _readme(model: LoadedModel, levels: np.ndarray | None, notes: list[str]) -> 
             "voxels for the percentiles.",
             *(["", "Notes from the export:", *(f"- {n}" for n in notes)] if notes else []),
             "",
+            "## Validation",
+            "",
+            "The test output is this network's output on the test input (a block of the example "
+            "stack); bioimage.io's test reproduces it from both weight formats. How well the method "
+            "restores deep slices is measured by dqlr's benchmarks (benchmarks/results/ in dqlr), "
+            "not by this test.",
+            "",
             "## Citation",
             "",
             f"{CITATION} Code of the paper: {CODE_URL}",
@@ -182,8 +189,7 @@ def write_package(
     refuse_existing(output, force)
     if test_input.ndim != 3 or min(test_input.shape) < 1:
         raise DqlrError(f"test input must be a non-empty Z, Y, X stack, got shape {test_input.shape}")
-    from bioimageio.spec import save_bioimageio_package
-    from bioimageio.spec.model import v0_5 as spec
+    spec, save_bioimageio_package = _bioimageio_spec()
 
     data = model.config.data
     network = stack_network(model, levels)
@@ -223,10 +229,14 @@ def write_package(
         )
         float32 = spec.IntervalOrRatioDataDescr(type="float32")
         architecture = spec.ArchitectureFromFileDescr(
-            source=tmp / SOURCE_FILE, callable=spec.Identifier("StackNetwork"), kwargs=stack_kwargs(model, levels)
+            source=tmp / SOURCE_FILE,
+            callable=spec.Identifier("StackNetwork"),
+            kwargs=stack_kwargs(model, levels),
         )
         torch_version = spec.Version(torch.__version__.split("+")[0])
-        description = spec.ModelDescr(
+        description = _described(
+            spec,
+            output,
             name=name,
             description=DESCRIPTION,
             authors=[spec.Author(name=a) for a in authors or ["dqlr user"]],
@@ -271,6 +281,31 @@ def write_package(
     return output
 
 
+def _described(spec: Any, output: Path, **fields: Any) -> Any:
+    """The ModelDescr of `fields`; a value bioimage.io refuses (e.g. a licence that is not an
+    SPDX identifier) is one line."""
+    from pydantic import ValidationError
+
+    try:
+        return spec.ModelDescr(**fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise DqlrError(f"{output}: bioimage.io refuses '{where}': {first['msg']}") from None
+
+
+def _bioimageio_spec() -> tuple[Any, Any]:
+    """bioimageio.spec's model description module and package writer, or one line on installing it."""
+    try:
+        from bioimageio.spec import save_bioimageio_package
+        from bioimageio.spec.model import v0_5
+    except ImportError:
+        raise DqlrError(
+            "writing a bioimage.io package needs bioimageio.spec: pip install 'dqlr[bioimageio]'"
+        ) from None
+    return v0_5, save_bioimageio_package
+
+
 def _member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
     try:
         return archive.read(name)
@@ -301,10 +336,15 @@ def read_package(path: str | Path) -> dict[str, Any]:
             state_dict = torch.load(
                 io.BytesIO(_member(archive, str(weights), path)), map_location="cpu", weights_only=True
             )
+    except DqlrError:
+        raise
     except zipfile.BadZipFile:
         raise DqlrError(f"{path}: not a bioimage.io package (not a zip file)") from None
     except yaml.YAMLError:
         raise DqlrError(f"{path}: a damaged bioimage.io package (unreadable YAML)") from None
+    except Exception as error:  # torch.load raises many types for weights it refuses or cannot read
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise DqlrError(f"{path}: the package's weights are not plain dqlr weights ({reason})") from None
     if not isinstance(meta, dict) or not isinstance(state_dict, dict):
         raise DqlrError(f"{path}: a damaged bioimage.io package ({META_FILE} or weights unreadable)")
     return {**meta, "model": state_dict}

@@ -96,5 +96,9 @@ class StackNetwork(nn.Module):
                 context = torch.zeros_like(latents)
             code, _ = self.recurrent(latents, context)
             context = latents
-            slices.append(self.generator(self.quantizer(code) if self.quantizer is not None else code)[:, :, :height, :width])
+            slices.append(
+                self.generator(self.quantizer(code) if self.quantizer is not None else code)[
+                    :, :, :height, :width
+                ]
+            )
         return torch.stack(slices, 2)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ast
-import types
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def test_a_conditioned_network_follows_its_curve_and_holds_its_last_value() -> N
     assert float((short[:, :, 1:] - flat[:, :, 1:]).abs().min()) > 0
 
 
-def test_the_bundled_source_imports_only_torch_and_scripts_to_the_same_result() -> None:
+def test_the_bundled_source_imports_only_torch_and_scripts_to_the_same_result(tmp_path: Path) -> None:
     source = bundled_source()
     imported = set()
     for node in ast.walk(ast.parse(source)):
@@ -75,8 +76,11 @@ def test_the_bundled_source_imports_only_torch_and_scripts_to_the_same_result() 
         elif isinstance(node, ast.ImportFrom):
             imported.add(str(node.module).split(".")[0])
     assert imported == {"torch", "math"}
-    module = types.ModuleType("bundled_dqlr_stack")
-    exec(compile(source, "dqlr_stack.py", "exec", dont_inherit=True), module.__dict__)
+    (tmp_path / "dqlr_stack.py").write_text(source)  # TorchScript reads the source from a file
+    spec = importlib.util.spec_from_file_location("bundled_dqlr_stack", tmp_path / "dqlr_stack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     loaded = _model("depth-aware")
     kwargs = {
         "base_channels": 8,

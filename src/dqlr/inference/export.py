@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from dqlr.atomic import refuse_existing
 from dqlr.config import EnhanceOptions
 from dqlr.errors import DqlrError
 from dqlr.inference.enhance import ModelLike, as_model, degradation_levels, model_views
@@ -63,9 +62,9 @@ def export_bioimageio(
 ) -> tuple[Path, list[str]]:
     """Write `model` as a bioimage.io package at `output` (.zip) and, with `test`, run
     bioimage.io's test of it; returns the path and notes on the example stack."""
-    from dqlr.model.package import write_package
+    from dqlr.model.package import check_output, write_package
 
-    refuse_existing(output, force)  # before any work
+    check_output(output, force)  # before any work
     loaded = as_model(model, "cpu")
     data, voxel, source = _example(example, voxel_size, loaded.meta.get("voxel_size"))
     check_stack(data, source)

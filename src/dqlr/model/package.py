@@ -102,7 +102,7 @@ def _meta(model: LoadedModel) -> dict[str, Any]:
 
 
 def _cover(path: Path, test_input: np.ndarray, test_output: np.ndarray) -> Path:
-    """The deepest test slice, as given (left) and enhanced (right), on one 8-bit grey scale."""
+    """The deepest test slice, normalised (left) and enhanced (right), on one 8-bit grey scale."""
     import imageio.v3 as iio  # a dependency of bioimageio.spec
 
     pair = np.concatenate([test_input[-1], test_output[-1]], axis=1)
@@ -168,6 +168,15 @@ def _readme(model: LoadedModel, levels: np.ndarray | None, notes: list[str]) -> 
     )
 
 
+def check_output(output: str | Path, force: bool) -> Path:
+    """The package's path, after the checks that need no work: a .zip, not there unless forced."""
+    output = Path(output)
+    if output.suffix.lower() != ".zip":
+        raise DqlrError(f"{output}: a bioimage.io package is a .zip file; name the output NAME.zip")
+    refuse_existing(output, force)
+    return output
+
+
 def write_package(
     model: LoadedModel,
     output: str | Path,
@@ -183,10 +192,7 @@ def write_package(
     """Write `model` as a bioimage.io model package (a .zip), with `test_input` (Z, Y, X: a block
     of a stack, sharp end on top) as its test tensor; `levels` is the condition curve by slice
     index of a depth-aware model (see dqlr.model.stack). The package is validated on writing."""
-    output = Path(output)
-    if output.suffix.lower() != ".zip":
-        raise DqlrError(f"{output}: a bioimage.io package is a .zip file; name the output NAME.zip")
-    refuse_existing(output, force)
+    output = check_output(output, force)
     if test_input.ndim != 3 or min(test_input.shape) < 1:
         raise DqlrError(f"test input must be a non-empty Z, Y, X stack, got shape {test_input.shape}")
     spec, save_bioimageio_package = _bioimageio_spec()
@@ -207,7 +213,7 @@ def write_package(
         torch.jit.script(network).save(str(tmp / "weights_torchscript.pt"))
         (tmp / META_FILE).write_text(yaml.safe_dump(_meta(model), sort_keys=False))
         (tmp / "README.md").write_text(_readme(model, levels, notes or []))
-        _cover(tmp / "cover.png", given[0, 0], expected[0, 0])
+        _cover(tmp / "cover.png", normalised[0, 0], expected[0, 0])
 
         def axes(kind: str) -> list[Any]:
             space = spec.SpaceInputAxis if kind == "input" else spec.SpaceOutputAxis

@@ -225,6 +225,25 @@ def _models(args: argparse.Namespace) -> None:
     )
 
 
+def _export(args: argparse.Namespace) -> None:
+    from dqlr.inference.export import export_bioimageio
+
+    path, notes = export_bioimageio(
+        args.model,
+        args.output,
+        args.stack,
+        name=args.name,
+        authors=args.author,
+        license=args.license,
+        force=args.force,
+        test=args.test,
+    )
+    for note in notes:
+        print(f"dqlr: note: {note}", file=sys.stderr)
+    tested = "validated and tested by bioimageio.core" if args.test else "validated; not test-run"
+    print(f"bioimage.io package: {path} ({tested})")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -406,6 +425,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the shipped models and what they were trained on")
     p.set_defaults(run=_models)
+
+    p = sub.add_parser("export", help="write a model as a bioimage.io package (.zip)")
+    p.add_argument("model", help="a .pt file or a shipped model: default, paper, depth-aware, noquant")
+    p.add_argument("--format", choices=["bioimageio"], default="bioimageio", help="package format")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the package, NAME.zip")
+    p.add_argument(
+        "--stack",
+        type=Path,
+        help="example stack: gives the test tensor and, for a depth-aware model, the depth curve "
+        "the package carries (default: a simulated stack)",
+    )
+    p.add_argument("--name", default="DQLR z-stack restoration", help="the package's name")
+    p.add_argument("--author", action="append", help="an author of the model (repeat; default: dqlr user)")
+    p.add_argument("--license", default="BSD-3-Clause", help="SPDX licence identifier of the weights")
+    p.add_argument(
+        "--test",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run bioimageio.core's test of the written package on its test tensors",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(run=_export)
 
     p = sub.add_parser("convert", help="rewrite a model file of an older dqlr in today's format")
     p.add_argument("model", type=Path, help="the old model file (read safely: weights only)")

@@ -79,6 +79,10 @@ def _load_plain(path: Path) -> dict[str, Any]:
         raise DqlrError(
             f"{path}: model file not found; give a .pt file or a shipped model: {shipped_choices()}"
         )
+    if path.suffix.lower() == ".zip":  # a bioimage.io package made by `dqlr export`
+        from dqlr.model.package import read_package
+
+        return _checked(path, read_package(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -91,6 +95,11 @@ def _load_plain(path: Path) -> dict[str, Any]:
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
         reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
         raise DqlrError(f"{path}: not a dqlr model file ({reason})") from None
+    return _checked(path, state)
+
+
+def _checked(path: Path, state: Any) -> dict[str, Any]:
+    """The loaded contents if they are a dqlr checkpoint with a version, a config and weights."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DqlrError(f"{path}: not a dqlr model file (train one with `dqlr train`)")
     if not isinstance(state.get("version"), int) or not isinstance(state.get("config"), dict):

@@ -252,12 +252,12 @@ def test_a_progress_callable_sees_every_slice_and_can_stop_the_run(model_file, s
     assert calls == [(z + 1, len(stack)) for z in range(len(stack))]
     assert np.array_equal(result, enhance(stack, model_file))  # the hook changes nothing
 
-    class Cancelled(Exception):
+    class CancelledError(Exception):
         pass
 
     def cancel_after_two(done: int, total: int) -> None:
         if done == 2:
-            raise Cancelled
+            raise CancelledError
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(CancelledError):
         enhance(stack, model_file, progress=cancel_after_two)

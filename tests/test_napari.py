@@ -70,7 +70,7 @@ def test_reader_and_writer_keep_data_and_voxel_size_as_scale(viewer, tmp_path, s
     assert np.allclose(layer.scale, (0.7, 0.3, 0.3))
     assert np.array_equal(np.asarray(layer.data), stack)
     viewer.layers.selection = {layer}
-    (written,) = viewer.layers.save(str(tmp_path / f"copy{suffix}"), plugin="dqlr")
+    (written,) = viewer.layers.save(str(tmp_path / f"copy{suffix}"), selected=True, plugin="dqlr")
     back = dqlr.read_stack(written)
     assert np.array_equal(back.data, stack) and back.data.dtype == np.float32
     assert np.allclose(back.voxel_size, (0.7, 0.3, 0.3))

@@ -27,6 +27,7 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
+from matplotlib import rc_context
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
@@ -216,10 +217,11 @@ class EstimateWidget(Container):
         self.worker.start()
 
     def _show(self, name: str, degradation: Any) -> None:
-        figure = degradation_plot(degradation, columns=2)
-        figure.tight_layout()
+        with rc_context({"font.size": 7}):  # a dock is narrow; the setting is put back on exit
+            figure = degradation_plot(degradation, columns=2)
+        figure.set_layout_engine("constrained")  # laid out again whenever the dock is resized
         canvas = FigureCanvasQTAgg(figure)
-        canvas.setMinimumHeight(420)
+        canvas.setMinimumHeight(360)
         if self.canvas is not None:
             self.native.layout().removeWidget(self.canvas)
             self.canvas.deleteLater()

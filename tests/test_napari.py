@@ -22,17 +22,13 @@ MANIFEST = ROOT / "src" / "dqlr" / "napari" / "napari.yaml"
 WAIT_MS = 120_000
 
 
-@pytest.fixture(autouse=True)
-def _display() -> None:
+@pytest.fixture
+def viewer(make_napari_viewer, npe2pm):
+    """A hidden viewer that knows dqlr's manifest from this source tree (installed or not)."""
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     ):
         pytest.fail("the napari tests need a display with OpenGL: run them under `xvfb-run -a` (see .ci/run)")
-
-
-@pytest.fixture
-def viewer(make_napari_viewer, npe2pm):
-    """A hidden viewer that knows dqlr's manifest from this source tree (installed or not)."""
     with npe2pm.tmp_plugin(manifest=str(MANIFEST)):
         yield make_napari_viewer()
 
@@ -122,6 +118,16 @@ def test_enhance_can_be_cancelled(viewer, qtbot, plant) -> None:
     qtbot.waitUntil(lambda: _finished(widget), timeout=WAIT_MS)
     assert widget.status.value == "cancelled"
     assert [layer.name for layer in viewer.layers] == ["sam"]
+
+
+def test_a_bad_layer_gives_dqlrs_one_line_in_the_status(viewer, qtbot) -> None:
+    source = viewer.add_image(np.zeros((2, 40, 40), np.float32), name="thin")
+    widget = EnhanceWidget(viewer)
+    widget.image.value = source
+    widget.start()
+    qtbot.waitUntil(lambda: _finished(widget), timeout=WAIT_MS)
+    assert widget.status.value.startswith("failed: input stack: ") and "slices" in widget.status.value
+    assert [layer.name for layer in viewer.layers] == ["thin"]
 
 
 def test_the_worker_stops_between_slices(plant) -> None:

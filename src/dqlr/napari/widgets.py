@@ -64,9 +64,9 @@ def enhance_in_thread(
         with tempfile.TemporaryDirectory(prefix="dqlr-adapt-") as folder:
             run = RunOptions.of(progress=False)
             adapted = dqlr.adapt([data], folder, model, minutes=adapt_minutes, run=run, options=options)
-            loaded = dqlr.load_model(adapted.best)
+            loaded = dqlr.load_model(adapted.best, device=options.device)
     else:
-        loaded = dqlr.load_model(model)
+        loaded = dqlr.load_model(model, device=options.device)
     if cancelled():
         return None
 

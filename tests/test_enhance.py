@@ -243,3 +243,21 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory() -> None:
         RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory")
     )
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_a_progress_callable_sees_every_slice_and_can_stop_the_run(model_file, stack) -> None:
+    """A GUI follows the run slice by slice and cancels it by raising from the callable."""
+    calls: list[tuple[int, int]] = []
+    result = enhance(stack, model_file, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(z + 1, len(stack)) for z in range(len(stack))]
+    assert np.array_equal(result, enhance(stack, model_file))  # the hook changes nothing
+
+    class CancelledError(Exception):
+        pass
+
+    def cancel_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise CancelledError
+
+    with pytest.raises(CancelledError):
+        enhance(stack, model_file, progress=cancel_after_two)

@@ -15,7 +15,7 @@ LAYERS = [
     {"training", "inference"},
     {"evaluation"},
     {"reporting"},
-    {"api", "demo", "cli", "__init__", "__main__"},
+    {"api", "demo", "cli", "__init__", "__main__", "napari"},
 ]
 SIBLINGS_APART = {("training", "inference"), ("inference", "training")}
 

@@ -6,7 +6,7 @@ here never stands for a module (`dqlr.enhance` is always this function).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,14 +197,15 @@ def enhance(
     model: LoadedModel | str | Path | None = None,
     options: EnhanceOptions | None = None,
     *,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], object] = False,
     **settings: Any,
 ) -> np.ndarray:
     """Enhance a ZYX stack; returns a stack of the same shape and dtype.
 
     `model`: None (the shipped default), a shipped model's name ("paper", "depth-aware", ...), a
     checkpoint path, or a model from load_model(). Keywords set EnhanceOptions (tile, overlap,
-    batch_size, device).
+    batch_size, device). `progress`: True for a bar on the terminal, or a callable called as
+    progress(slices done, total) after each slice; an exception it raises stops the run.
     """
     from dqlr.inference.enhance import enhance as _enhance
 

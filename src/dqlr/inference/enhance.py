@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -401,7 +401,7 @@ def enhance(
     model: ModelLike = None,
     options: EnhanceOptions | None = None,
     *,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], object] = False,
     **settings: Any,
 ) -> np.ndarray:
     """Enhance a ZYX stack in memory; returns a stack of the same shape and dtype.
@@ -409,7 +409,9 @@ def enhance(
     `model`: a LoadedModel, a checkpoint path, a shipped model's name, or None for the shipped
     default. Settings of EnhanceOptions may be given as keywords. What differs from the model's
     assumptions (sharp end, pixel size, no depth trend, estimate fallbacks) is reported as a
-    DqlrWarning; predictions of the next slices are only written by enhance_file.
+    DqlrWarning; predictions of the next slices are only written by enhance_file. `progress`:
+    True for a bar on the terminal, or a callable called as progress(slices done, total) after
+    each slice, for a GUI or notebook; an exception it raises stops the run (a cancel button).
     """
     options = EnhanceOptions.of(options, **settings)
     if options.predict_next:
@@ -421,9 +423,12 @@ def enhance(
     for note in plan.notes:
         warnings.warn(note, DqlrWarning, stacklevel=2)
     out = np.empty(stack.shape, stack.dtype)
-    with tqdm(total=stack.shape[0], desc="enhance", unit="slice", disable=not progress) as bar:
-        for z, slice_, _ in enhanced_slices(plan, loaded, options, bar):
+    depth = stack.shape[0]
+    with tqdm(total=depth, desc="enhance", unit="slice", disable=progress is not True) as bar:
+        for done, (z, slice_, _) in enumerate(enhanced_slices(plan, loaded, options, bar), start=1):
             out[z] = denormalize(slice_, plan.norm, stack.dtype)
+            if callable(progress):
+                progress(done, depth)
     for note in plan.guard_notes():
         warnings.warn(note, DqlrWarning, stacklevel=2)
     return out

@@ -127,11 +127,19 @@ def depth_plot(curves: Mapping[str, Mapping[str, np.ndarray]], path: str | Path)
 
 def degradation_figure(degradation: Any, path: str | Path, truth: Mapping | None = None) -> Path:
     """Curves of an estimated DepthDegradation by depth (blur, halo, attenuation, background)."""
+    return save_figure(degradation_plot(degradation, truth), path)
+
+
+def degradation_plot(degradation: Any, truth: Mapping | None = None, columns: int = 4) -> Figure:
+    """The figure of `degradation_figure`, unsaved, in `columns` columns (a GUI shows it in a dock)."""
     fields = ["blur_sigma_px", "halo_fraction", "attenuation", "background"]
-    fig = Figure(figsize=(4 * len(fields), 3.2))
-    axes = fig.subplots(1, len(fields))
+    rows = -(-len(fields) // columns)
+    fig = Figure(figsize=(4 * columns, 3.2 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(fields) :]:
+        ax.remove()
     depth = np.asarray(degradation.depth_index) + 1
-    for ax, field in zip(axes, fields, strict=True):
+    for ax, field in zip(axes, fields, strict=False):
         ax.plot(depth, np.asarray(getattr(degradation, field)), label="estimated")
         if truth is not None and field in truth:
             ax.plot(depth, np.asarray(truth[field]), "--", label="true")
@@ -142,7 +150,7 @@ def degradation_figure(degradation: Any, path: str | Path, truth: Mapping | None
         f"noise: gain {degradation.gain:.3g}, read noise {degradation.read_noise:.3g}, "
         f"offset {degradation.offset:.3g}"
     )
-    return save_figure(fig, path)
+    return fig
 
 
 def training_curves(history: list[dict[str, float]], path: str | Path) -> Path:

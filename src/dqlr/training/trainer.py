@@ -130,11 +130,10 @@ class Trainer:
         if self.ranks.distributed:
             if self.network.quantizer is not None:
                 self.network.quantizer.distributed = True
-            # Buffers (the dictionary's statistics) stay equal by the quantizer's own all-reduce.
+            # The dictionary stays equal by the quantizer's own all-reduce (DDP's broadcast of the
+            # buffers before each forward is left on: it moves rank 0's equal values, no harm).
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.network,
-                device_ids=[self.device] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
+                self.network, device_ids=[self.device] if self.device.type == "cuda" else None
             )
         self.optimizer = torch.optim.AdamW(
             [p for p in self.network.parameters() if p.requires_grad],

@@ -102,7 +102,7 @@ class VectorQuantizer(nn.Module):
             self.codebook.data.copy_(self.embed_sum / smoothed[:, None])
         if self.dead_code_restart:
             dead = self.cluster_size < self.dead_code_threshold
-            if dead.any():  # the same on every rank: cluster_size is
+            if dead.any():  # cluster_size is the same on every rank: all of them gather here
                 latents = self._gathered(flat)
                 pick = torch.randint(0, latents.shape[0], (int(dead.sum()),), device=flat.device)
                 pick = self._from_rank0(pick)

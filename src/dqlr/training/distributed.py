@@ -118,17 +118,14 @@ def process_group(device: str = "auto") -> Iterator[Ranks]:
     if not dist.is_available():
         raise DqlrError("torchrun: this torch build has no torch.distributed")
     chosen = ranks.device(device)
-    cuda = chosen.type == "cuda"
-    dist.init_process_group(
-        "cpu:gloo,cuda:nccl" if cuda else "gloo",
-        init_method="env://",
-        device_id=chosen if cuda else None,
-    )
-    try:
-        with _on_device(chosen):
+    with _on_device(chosen):
+        dist.init_process_group(
+            "cpu:gloo,cuda:nccl" if chosen.type == "cuda" else "gloo", init_method="env://"
+        )
+        try:
             yield ranks
-    finally:
-        dist.destroy_process_group()
+        finally:
+            dist.destroy_process_group()
 
 
 @contextmanager

@@ -37,7 +37,7 @@ from dqlr.model.checkpoint import LoadedModel, build_network
 from dqlr.model.familiarity import METRIC as FAMILIARITY_METRIC
 from dqlr.model.familiarity import quantization_error
 from dqlr.normalize import Normalization, fit_normalization
-from dqlr.runtime import fast_math, own_random_streams, pick_device, random_state
+from dqlr.runtime import fast_math, own_random_streams, random_state
 from dqlr.training.batches import Batch, pair_batch, pair_sampler, training_batch, window_batch
 from dqlr.training.data import PairSampler, WindowSampler
 from dqlr.training.distributed import Ranks
@@ -114,9 +114,7 @@ class Trainer:
         self.config, self.run = config, run or RunOptions()
         self.ranks = ranks or Ranks()
         self.callbacks = [c for c in callbacks if self.ranks.main or c.every_rank]
-        self.device = (
-            self.ranks.device(self.run.device) if self.ranks.distributed else pick_device(self.run.device)
-        )
+        self.device = self.ranks.device(self.run.device)  # under torchrun on GPUs: GPU LOCAL_RANK
         self.share = self.ranks.share(config.train.batch_size) if self.ranks.distributed else None
         self.stacks = [load_training_stack(s, config) for s in train_stacks]
         # a stack that both trains and validates (adapt) is read, normalised and estimated once

@@ -108,6 +108,7 @@ def train(
     `config` is what the model is (saved with it); `run` how this run executes (device, threads,
     progress, max_minutes; never saved). `resume=True` continues the run in `run_dir` exactly.
     `init` starts from a model's weights (a shipped name or a file) to fine-tune it.
+    In processes started by torchrun it trains on all of them with DDP (rank 0 writes `run_dir`).
     """
     from dqlr.reporting.figures import CurvePlotter
     from dqlr.training.run import train as _train

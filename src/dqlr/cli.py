@@ -76,7 +76,8 @@ def _train(args: argparse.Namespace) -> None:
     result = train(
         args.stacks, args.out, config, val_stack=args.val, resume=args.resume, run=run, init=args.init
     )
-    print(f"checkpoints: {result.best} (best), {result.last} (last)")
+    if result.rank == 0:  # under torchrun, once
+        print(f"checkpoints: {result.best} (best), {result.last} (last)")
 
 
 def _enhance(args: argparse.Namespace) -> int:

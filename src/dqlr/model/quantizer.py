@@ -4,13 +4,19 @@ Each spatial position of the code map is replaced by its nearest dictionary entr
 straight through to the encoder. Options that make it train better than the plain version: EMA
 dictionary updates, k-means initialisation from the first training latents, and restarting codes
 nobody uses with latents of the current batch. Written here in ~100 lines rather than taken from
-vector-quantize-pytorch so that its state (and DDP behaviour later) stays in our hands and the package
-keeps to torch alone.
+vector-quantize-pytorch so that its state and DDP behaviour stay in our hands and the package keeps
+to torch alone.
+
+Under DDP (`distributed` set by the trainer) every rank keeps the same dictionary: the k-means start
+and the restarts draw from the latents of the whole global batch (gathered in rank order, so they
+are those a single process would see), the EMA counts and sums are summed over ranks, and rank 0's
+random picks are broadcast.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -53,31 +59,55 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(size))
         self.register_buffer("embed_sum", self.codebook.detach().clone())
         self.register_buffer("initialised", torch.tensor(not kmeans_init))
+        self.distributed = False  # set by a DDP trainer; not part of the model's state
+
+    def _summed(self, tensor: Tensor) -> Tensor:
+        """Summed over ranks under DDP (in place), as is otherwise."""
+        if self.distributed:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def _gathered(self, flat: Tensor) -> Tensor:
+        """The latents of the whole global batch, in rank order (ranks hold equal shares)."""
+        if not self.distributed:
+            return flat
+        parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, flat.contiguous())
+        return torch.cat(parts)
+
+    def _from_rank0(self, tensor: Tensor) -> Tensor:
+        """Rank 0's copy under DDP (in place), so random picks agree even if the ranks' streams differ."""
+        if self.distributed:
+            dist.broadcast(tensor, 0)
+        return tensor
 
     @torch.no_grad()
     def _initialise(self, flat: Tensor) -> None:
+        flat = self._gathered(flat)
         sample = flat[torch.randperm(flat.shape[0], device=flat.device)[:8192]]
-        self.codebook.data.copy_(kmeans(sample, self.size))
+        self.codebook.data.copy_(self._from_rank0(kmeans(sample, self.size)))
         self.embed_sum.copy_(self.codebook.data)
         self.cluster_size.fill_(1.0)
         self.initialised.fill_(True)
 
     @torch.no_grad()
     def _update(self, flat: Tensor, index: Tensor) -> None:
-        counts = torch.bincount(index, minlength=self.size).float()
+        counts = self._summed(torch.bincount(index, minlength=self.size).float())
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.ema:
-            sums = torch.zeros_like(self.embed_sum).index_add_(0, index, flat)
+            sums = self._summed(torch.zeros_like(self.embed_sum).index_add_(0, index, flat))
             self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
             total = self.cluster_size.sum()
             smoothed = (self.cluster_size + 1e-5) / (total + self.size * 1e-5) * total
             self.codebook.data.copy_(self.embed_sum / smoothed[:, None])
         if self.dead_code_restart:
             dead = self.cluster_size < self.dead_code_threshold
-            if dead.any():
-                pick = torch.randint(0, flat.shape[0], (int(dead.sum()),), device=flat.device)
-                self.codebook.data[dead] = flat[pick]
-                self.embed_sum[dead] = flat[pick]
+            if dead.any():  # cluster_size is the same on every rank: all of them gather here
+                latents = self._gathered(flat)
+                pick = torch.randint(0, latents.shape[0], (int(dead.sum()),), device=flat.device)
+                pick = self._from_rank0(pick)
+                self.codebook.data[dead] = latents[pick]
+                self.embed_sum[dead] = latents[pick]
                 self.cluster_size[dead] = 1.0
 
     def nearest(self, flat: Tensor) -> Tensor:

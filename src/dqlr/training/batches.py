@@ -87,15 +87,28 @@ def pair_batch(pairs: PairSampler, count: int, rng: np.random.Generator) -> Batc
     return Batch(inputs, targets[:, 1:], torch.zeros(count, dtype=torch.bool), levels)
 
 
-def training_batch(sampler: WindowSampler, pairs: PairSampler | None, config: Config) -> Batch:
-    """One batch: windows, plus (depth-aware mode) a share of degraded pairs."""
+def training_batch(
+    sampler: WindowSampler, pairs: PairSampler | None, config: Config, share: range | None = None
+) -> Batch:
+    """One batch: windows, plus (depth-aware mode) a share of degraded pairs.
+
+    `share` (a DDP rank's) keeps only those positions of the global batch [windows, pairs]: windows
+    outside it are drawn but not read; pairs are made whole on every rank and cut, so each rank's
+    generator stays in step.
+    """
     size = config.train.batch_size
     count = 0 if pairs is None else int(round(size * config.depth_aware.pair_fraction))
+    windows = size - count
     batch = None
-    if size - count > 0:
-        batch = window_batch(*sampler.sample(size - count))
+    if windows > 0:
+        keep = None if share is None else range(share.start, min(share.stop, windows))
+        drawn = window_batch(*sampler.sample(windows, keep))
+        batch = drawn if keep is None or len(keep) else None
     if pairs is not None and count:
         paired = pair_batch(pairs, count, sampler.rng)
-        batch = paired if batch is None else batch.join(paired)
+        if share is not None:
+            paired = paired.part(max(share.start - windows, 0), max(share.stop - windows, 0))
+        if paired.inputs.shape[0]:
+            batch = paired if batch is None else batch.join(paired)
     assert batch is not None
     return batch

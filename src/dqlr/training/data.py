@@ -71,18 +71,30 @@ class WindowSampler:
         x = int(self.rng.integers(0, max(width - self.crop, 0) + 1))
         return start, y, x
 
-    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, batch: int, keep: range | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`batch` windows; with `keep`, only those of them (a DDP rank's share) are read and returned.
+
+        The random draws are made for the whole batch either way, so every rank's generator stays
+        where a single process's would be.
+        """
         windows, tops = [], []
-        for _ in range(batch):
+        for i in range(batch):
             index = int(self.rng.choice(len(self.stacks), p=self.weights))
             start, y, x = self._position(index)
+            turns = int(self.rng.integers(4)) if self.augment else 0
+            flip = self.augment and self.rng.random() < 0.5
+            top = start < 0 or self.rng.random() < self.top_probability
+            if keep is not None and i not in keep:
+                continue
             block = self.window(index, start, y, x)
             if self.augment:
-                block = np.rot90(block, int(self.rng.integers(4)), axes=(1, 2))
-                if self.rng.random() < 0.5:
+                block = np.rot90(block, turns, axes=(1, 2))
+                if flip:
                     block = block[:, :, ::-1]
             windows.append(np.ascontiguousarray(block))
-            tops.append(start < 0 or self.rng.random() < self.top_probability)
+            tops.append(top)
+        if not windows:
+            return torch.zeros((0, self.length, self.crop, self.crop)), torch.zeros(0, dtype=torch.bool)
         return torch.from_numpy(np.stack(windows)), torch.tensor(tops)
 
     def fixed_windows(self, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,8 @@
 """A training run in a folder: `train()` sets up the Trainer with its callbacks, and resumes.
 
 The folder holds config.yaml, last.pt, best.pt and metrics.csv (plus what extra callbacks write,
-e.g. curves.png from the public `dqlr.train`).
+e.g. curves.png from the public `dqlr.train`). Started by torchrun, the run trains on all its
+processes (dqlr.training.distributed); rank 0 alone writes the folder and prints.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dqlr.config import Config, RunOptions
 from dqlr.errors import DqlrError
 from dqlr.model.checkpoint import SHIPPED, LoadedModel, load_model, read_checkpoint, shipped_model_path
 from dqlr.training.callbacks import CheckpointWriter, CsvLogger, EpochPrinter
+from dqlr.training.distributed import Ranks, process_group
 from dqlr.training.trainer import Callback, StackLike, Trainer
 
 ModelLike = LoadedModel | str | Path
@@ -34,6 +36,7 @@ class TrainResult:
     interrupted: bool = False  # Ctrl-C: the files are those of the last finished epoch
     out_of_time: bool = False  # RunOptions.max_minutes was spent
     init: str | None = None  # the model the run started from, by file or shipped name
+    rank: int = 0  # this process's rank under torchrun; only rank 0 wrote the files
 
     @property
     def best_epoch(self) -> int | None:
@@ -129,8 +132,43 @@ def train(
     fresh optimiser and schedule: the network and mode are the model's, a given `config` must agree
     on them and brings its loss, data and train sections. Its validation is epoch 0, and the
     checkpoints name it ("init"). Ctrl-C returns normally, with `interrupted` set.
+
+    Started by torchrun (RANK, WORLD_SIZE, ... in the environment) it trains with DDP on all the
+    processes, config.train.batch_size being the global batch; each process returns, after rank 0
+    has written the files.
     """
-    run_dir, run = Path(run_dir), run or RunOptions()
+    run = run or RunOptions()
+    with process_group(run.device) as ranks:
+        result = _train(
+            train_stacks,
+            Path(run_dir),
+            config,
+            val_stack,
+            resume,
+            run,
+            stop_after_epochs,
+            callbacks,
+            init,
+            ranks,
+        )
+        ranks.barrier()  # the files are whole before any rank returns
+    return result
+
+
+def _train(
+    train_stacks: Sequence[StackLike],
+    run_dir: Path,
+    config: Config | None,
+    val_stack: StackLike | None,
+    resume: bool,
+    run: RunOptions,
+    stop_after_epochs: int | None,
+    callbacks: Sequence[Callback],
+    init: ModelLike | None,
+    ranks: Ranks,
+) -> TrainResult:
+    if not ranks.main:
+        run = RunOptions.of(run, progress=False)
     if not train_stacks:
         raise DqlrError("train: no training stacks given")
     if init is not None and resume:
@@ -153,7 +191,7 @@ def train(
     writers: list[Callback] = [CheckpointWriter(run_dir), CsvLogger(run_dir / "metrics.csv"), *callbacks]
     if run.progress:
         writers.append(EpochPrinter())
-    trainer = Trainer(config, stacks, val_stack, run, writers)
+    trainer = Trainer(config, stacks, val_stack, run, writers, ranks)
     if state is not None:
         _check_resumed_stacks(run_dir, state, trainer)
         trainer.load_state_dict({**state["trainer"], "model": state["model"]})
@@ -177,6 +215,7 @@ def train(
         interrupted=trainer.interrupted,
         out_of_time=trainer.out_of_time,
         init=trainer.init,
+        rank=ranks.rank,
     )
 
 

@@ -4,6 +4,10 @@ The Trainer owns the model, optimiser, schedule, samplers and random streams; `s
 `load_state_dict()` carry all of them, so a resumed run continues exactly (CPU and CUDA). Writing
 checkpoints, logs and plots is the job of callbacks (dqlr.training.callbacks), not of the loop;
 a run folder with resume is dqlr.training.run.train.
+Under torchrun (`ranks` from dqlr.training.distributed) the network trains wrapped in
+DistributedDataParallel: each rank takes its share of the global batch, gradients and the
+dictionary's statistics are averaged, and only rank 0 runs the callbacks (unless one says
+`every_rank`), so files are written once.
 A fit ends early, always at a step boundary, when RunOptions.max_minutes is spent (the epoch under
 way is validated and handed to the callbacks) or on Ctrl-C (nothing more is written: the callbacks'
 files from the last finished epoch stay the consistent record, and a resume starts from them).
@@ -33,9 +37,10 @@ from dqlr.model.checkpoint import LoadedModel, build_network
 from dqlr.model.familiarity import METRIC as FAMILIARITY_METRIC
 from dqlr.model.familiarity import quantization_error
 from dqlr.normalize import Normalization, fit_normalization
-from dqlr.runtime import fast_math, own_random_streams, pick_device, random_state
+from dqlr.runtime import fast_math, own_random_streams, random_state
 from dqlr.training.batches import Batch, pair_batch, pair_sampler, training_batch, window_batch
 from dqlr.training.data import PairSampler, WindowSampler
+from dqlr.training.distributed import Ranks
 from dqlr.training.losses import dqlr_loss
 
 StackLike = str | Path | np.ndarray | Stack
@@ -80,7 +85,12 @@ def _lr_factor(config: Config) -> Any:
 
 
 class Callback:
-    """Hooks the Trainer calls; subclass and override what you need."""
+    """Hooks the Trainer calls; subclass and override what you need.
+
+    Under DDP only rank 0 calls them, unless `every_rank` is set.
+    """
+
+    every_rank = False
 
     def on_start(self, trainer: Trainer) -> None:
         """Before the first epoch of a fit() call."""
@@ -99,10 +109,13 @@ class Trainer:
         val_stack: StackLike,
         run: RunOptions | None = None,
         callbacks: Sequence[Callback] = (),
+        ranks: Ranks | None = None,
     ) -> None:
         self.config, self.run = config, run or RunOptions()
-        self.callbacks = list(callbacks)
-        self.device = pick_device(self.run.device)
+        self.ranks = ranks or Ranks()
+        self.callbacks = [c for c in callbacks if self.ranks.main or c.every_rank]
+        self.device = self.ranks.device(self.run.device)  # under torchrun on GPUs: GPU LOCAL_RANK
+        self.share = self.ranks.share(config.train.batch_size) if self.ranks.distributed else None
         self.stacks = [load_training_stack(s, config) for s in train_stacks]
         # a stack that both trains and validates (adapt) is read, normalised and estimated once
         same = [loaded for given, loaded in zip(train_stacks, self.stacks, strict=True) if given is val_stack]
@@ -111,6 +124,15 @@ class Trainer:
         with own_random_streams(seed=config.train.seed):
             self.network = build_network(config).to(self.device)
             self.random = random_state()
+        self.model: torch.nn.Module = self.network  # what a training step calls
+        if self.ranks.distributed:
+            if self.network.quantizer is not None:
+                self.network.quantizer.distributed = True
+            # The dictionary stays equal by the quantizer's own all-reduce (DDP's broadcast of the
+            # buffers before each forward is left on: it moves rank 0's equal values, no harm).
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.network, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
         self.optimizer = torch.optim.AdamW(
             [p for p in self.network.parameters() if p.requires_grad],
             lr=config.train.learning_rate,
@@ -248,7 +270,8 @@ class Trainer:
         return True
 
     def _past_deadline(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        """Whether the time budget is spent (on any rank, so all stop at the same step)."""
+        return self.deadline is not None and self.ranks.any(time.monotonic() >= self.deadline)
 
     def _end_epoch(self, row: dict[str, float]) -> None:
         is_best = row["val_loss"] < self.best_metric
@@ -279,7 +302,8 @@ class Trainer:
         sums: dict[str, float] = {}
         self.network.train()
         desc = f"epoch {self.epoch + 1}/{self.config.train.epochs}"
-        with tqdm(total=steps, desc=desc, disable=not self.run.progress, leave=False) as bar:
+        progress = self.run.progress and self.ranks.main
+        with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
             while done < steps and not self.out_of_time:
                 for key, value in self._step().items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -289,16 +313,16 @@ class Trainer:
                 bar.set_postfix(loss=f"{sums['train_loss'] / done:.4f}")
         self.epoch += 1
         row: dict[str, float] = {"epoch": self.epoch, "step": self.step}
-        row.update({k: v / done for k, v in sums.items()})
+        row.update(self.ranks.mean({k: v / done for k, v in sums.items()}))
         row.update(self.validate())
         return self._finish_row(row, started)
 
     def _step(self) -> dict[str, float]:
-        batch = training_batch(self.sampler, self.pairs, self.config).to(self.device)
+        batch = training_batch(self.sampler, self.pairs, self.config, self.share).to(self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            outputs, vq_loss, stats = self.network(batch.inputs, batch.tops, batch.condition)
+            outputs, vq_loss, stats = self.model(batch.inputs, batch.tops, batch.condition)
         loss, parts = dqlr_loss(outputs, batch.targets, vq_loss, self.config.loss)
-        if not torch.isfinite(loss):
+        if self.ranks.any(not bool(torch.isfinite(loss))):  # every rank stops, with the same line
             raise DqlrError(
                 f"train: loss became {float(loss)} at step {self.step}; lower the learning rate "
                 "(train.learning_rate)"

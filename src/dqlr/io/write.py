@@ -60,8 +60,10 @@ class StackWriter:
         force: bool = False,
         protect: Iterable[PathLike] = (),
         info: str | None = None,
+        chunk: int = ZARR_TILE,
     ) -> None:
         self.path = Path(path)
+        self.chunk = chunk  # Zarr chunks are (1, chunk, chunk)
         self.info = info
         self._info_added = False
         self.format = stack_format(self.path)
@@ -89,7 +91,7 @@ class StackWriter:
     def _create(self) -> Any:
         z, y, x = self.voxel_size or (None, None, None)
         if self.format == "zarr":
-            return _create_zarr(self._tmp, self.shape, self.dtype, self.voxel_size, self.info)
+            return _create_zarr(self._tmp, self.shape, self.dtype, self.voxel_size, self.info, self.chunk)
         kwargs: dict[str, Any] = {"photometric": "minisblack"}
         if self.format == "ome-tiff":
             metadata: dict[str, Any] = {"axes": "ZYX"}
@@ -120,6 +122,15 @@ class StackWriter:
             raise ValueError(f"cannot write {value.dtype} slices into a {self.dtype} stack")
         self._array[z] = value
         self._written[z] = True
+
+    def shared_array(self) -> Any:
+        """The temporary Zarr array itself, for tasks in other processes that each fill whole chunks
+        (a tile-parallel run); every slice then counts as written, and close() still renames the
+        store into place only when called, after those tasks have finished."""
+        if self.format != "zarr":
+            raise DqlrError(f"{self.path}: only a Zarr output can be written in parallel pieces")
+        self._written[:] = True
+        return self._array
 
     def add_info(self, text: str) -> None:
         """Append a line to `info`; stored when the output is finished."""
@@ -190,13 +201,18 @@ class StackWriter:
 
 
 def _create_zarr(
-    tmp: Path, shape: tuple[int, ...], dtype: np.dtype, voxel_size: tuple | None, info: str | None
+    tmp: Path,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    voxel_size: tuple | None,
+    info: str | None,
+    chunk: int = ZARR_TILE,
 ) -> Any:
     """OME-Zarr (NGFF 0.4, zarr v2) with one slice per chunk, so streaming reads one chunk."""
     import zarr
 
     root = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
-    chunks = (1, min(shape[1], ZARR_TILE), min(shape[2], ZARR_TILE))
+    chunks = (1, min(shape[1], chunk), min(shape[2], chunk))
     array = root.create_array(
         "0",
         shape=shape,

@@ -158,6 +158,8 @@ def test_resume_skips_complete_outputs_and_redoes_the_rest(model_file, client, f
     before = (out / "plant1.tif").stat().st_mtime_ns
     refused = ["enhance", str(folder / "plant1.tif"), "-o", str(out / "plant1.tif"), "--model", model_file]
     assert main(refused) == 2  # exists: refused without --resume
+    [skipped] = enhance_files([folder / "plant1.tif"], out / "plant1.tif", model_file, resume=True)
+    assert skipped.skipped and skipped.outputs == [out / "plant1.tif"]
     code = main(
         ["enhance", str(folder), "-o", str(out), "--model", model_file, "--resume"]
         + ["--scheduler", client.scheduler.address]

@@ -139,7 +139,8 @@ def enhance_files(
 
     Stacks go one per task; a stack with slices wider than `block` pixels written to Zarr goes in
     XY blocks of `block` (tile-parallel; no predictions of next slices). With `resume`, outputs
-    that exist are complete (every write is atomic) and are skipped.
+    that exist are complete (every write is atomic) and are skipped. The model runs on the
+    workers on options.device ("auto": their CPUs).
     """
     options = options or EnhanceOptions()
     files, targets = file_targets(inputs, output)
@@ -147,7 +148,8 @@ def enhance_files(
     todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
     if not todo:
         return [o for o in outcomes if o is not None]
-    loaded = as_model(model, options.device)
+    # "auto" means the CPU here: the client's GPU says nothing about the workers'
+    loaded = as_model(model, "cpu" if options.device == "auto" else options.device)
     _prepare_graph(loaded, options)
     shared = client.scatter(loaded, broadcast=True)  # one copy per worker, not one per task
     chunk = min(block, ZARR_CHUNK)
@@ -329,14 +331,13 @@ def _block_task(
     options: EnhanceOptions,
     array: Any,
     window: tuple[slice, slice],
-) -> int:
+) -> None:
     """One XY block down the whole stack, written straight into its own chunks of `array`
     (idempotent: a task run again after a lost worker writes the same values)."""
     stack = source.read()
     plan = record.plan(stack.data)
     for z, enhanced, _ in enhanced_slices(plan, model, options, window=window):
         array[(z, *window)] = denormalize(enhanced, plan.norm, array.dtype)
-    return plan.depth
 
 
 def _judge_task(source: Source, norm: Normalization, array: Any, z: int) -> bool:

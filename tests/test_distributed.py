@@ -143,6 +143,7 @@ def test_a_killed_worker_costs_nothing_but_time(model_file, client, tmp_path) ->
         pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
         os.kill(pid, signal.SIGKILL)
         outcomes = run.result(timeout=240)
+    assert pid not in client.run(os.getpid).values()  # the worker was killed while it had a task
     assert [o.error for o in outcomes] == [None] * 4
     got = _stacks(tmp_path / "out")
     assert sorted(got) == sorted(serial)  # every output, and no temporary file left behind

@@ -71,7 +71,7 @@ def open_client(scheduler: str) -> Iterator[Client]:
         n = int(local.group(1))
         if n < 1:
             raise DqlrError(f"--scheduler {scheduler}: needs at least one worker (local:1)")
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
         with cluster, Client(cluster) as client:
             yield client
         return

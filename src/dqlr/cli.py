@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any, get_args
@@ -90,9 +91,23 @@ def _enhance(args: argparse.Namespace) -> int:
     model = args.mode or args.model
     if args.adapt:
         model = _adapted_model(args, model, options)
-    outcomes = enhance_files(
-        args.inputs, args.output, model, options, args.force, args.channel, args.timepoint
-    )
+    with contextlib.ExitStack() as cluster:
+        client = None
+        if args.scheduler:  # dask is imported only here
+            from dqlr.inference.distributed import open_client
+
+            client = cluster.enter_context(open_client(args.scheduler))
+        outcomes = enhance_files(
+            args.inputs,
+            args.output,
+            model,
+            options,
+            args.force,
+            args.channel,
+            args.timepoint,
+            resume=args.resume,
+            client=client,
+        )
     if len(outcomes) == 1 and outcomes[0].error:  # one input: its problem is the command's
         raise DqlrError(outcomes[0].error)
     failed = [o for o in outcomes if o.error]
@@ -101,6 +116,8 @@ def _enhance(args: argparse.Namespace) -> int:
             print(f"dqlr: note: {outcome.input}: {note}", file=sys.stderr)
         if outcome.error:
             print(f"failed: {outcome.error}", file=sys.stderr)
+        elif outcome.skipped:
+            print(f"{outcome.input}: skipped, {', '.join(map(str, outcome.outputs))} complete (--resume)")
         else:
             print(f"{outcome.input} -> {', '.join(map(str, outcome.outputs))}")
     print(f"enhanced {len(outcomes) - len(failed)} of {len(outcomes)} stack(s)")
@@ -365,6 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first fine-tune the model on the inputs themselves (self-supervised, no clean data); "
         "the adapted model is written next to the output as NAME.adapted/best.pt",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="local:N|ADDRESS",
+        help="enhance on a Dask cluster: local:N starts N worker processes on this machine; an "
+        "address (tcp://host:8786) joins a running scheduler whose workers see the same files",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip outputs that exist (every write is atomic, so they are complete) and enhance the rest",
     )
     p.add_argument(
         "--adapt-minutes",

@@ -83,6 +83,7 @@ def iter_enhanced(
     options: EnhanceOptions,
     progress: tqdm | None = None,
     levels: np.ndarray | None = None,
+    window: tuple[slice, slice] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
     """Yield, for each slice from the top, the enhanced slice (normalised float32), the predicted
     next slices (predict_next, H, W) when options.predict_next > 0 (else None), and the observed
@@ -92,6 +93,10 @@ def iter_enhanced(
     `degradation_levels`); None for a paper-mode model. When the device runs out of memory the
     slice is retried with half the batch, then half the tile size (down to MIN_TILE, overlap at
     most a quarter tile), and the run goes on with the smaller setting.
+
+    `window` (YX slices of the plane) gives only that part, equal to the same part of the whole
+    slice: the whole slice's tiles that touch it are run (its halo) and only their bounding box is
+    read, so a tile-parallel task holds its window, not the slice.
     """
     from dqlr.inference.engines import pick_engine
 
@@ -100,19 +105,16 @@ def iter_enhanced(
     align = model.network.config.downsample
     tile = max(options.tile // align * align, align)
     batch_size, overlap = options.batch_size, options.overlap
-    regions = tile_grid((height, width), tile, overlap, align)
+    regions, box = window_grid((height, width), tile, overlap, align, window)
     above: Sequence[Any] | None = [None] * len(regions)
-    previous: np.ndarray | None = None  # the slice above (normalised)
     for z in range(depth):
-        raw = np.asarray(stack[z])
-        check_finite(raw, getattr(stack, "filename", None) or "input stack")
-        plane = normalize(raw, norm)
+        plane = _read_plane(stack, z, box, norm)
         level = None if levels is None else float(levels[z])
         while True:
             try:
                 if above is None:  # new tile grid: the slice above's latents on it
-                    assert previous is not None
                     level_above = None if levels is None else float(levels[z - 1])
+                    previous = _read_plane(stack, z - 1, box, norm)
                     above = _encode_tiles(engine, previous, regions, level_above, batch_size)
                 enhanced, predicted, latents = _enhance_slice(
                     engine, plane, regions, above, level, batch_size, overlap, options.predict_next
@@ -131,8 +133,11 @@ def iter_enhanced(
             elif min(tile, max(height, width)) > MIN_TILE:
                 tile = max(min(tile, max(height, width)) // 2 // align * align, MIN_TILE)
                 overlap = min(overlap, tile // 4)  # keeps the number of tiles in proportion
-                regions = tile_grid((height, width), tile, overlap, align)
-                above = None if previous is not None else [None] * len(regions)
+                old_box = box
+                regions, box = window_grid((height, width), tile, overlap, align, window)
+                above = None if z > 0 else [None] * len(regions)
+                if box != old_box:
+                    plane = _read_plane(stack, z, box, norm)
             else:
                 raise DqlrError(
                     f"out of memory even with {tile}-px tiles one at a time; free memory "
@@ -142,10 +147,47 @@ def iter_enhanced(
                 f"dqlr enhance: out of memory; retrying with --tile {tile} --overlap {overlap} "
                 f"--batch-size {batch_size}"
             )
-        above, previous = latents, plane
+        above = latents
         if progress is not None:
             progress.update(1)
+        if window is not None:  # the window's part of the bounding box
+            inner = tuple(
+                slice(w.start - b.start, w.stop - b.start) for w, b in zip(window, box, strict=True)
+            )
+            enhanced, plane = enhanced[inner], plane[inner]
+            predicted = None if predicted is None else predicted[(slice(None), *inner)]
         yield enhanced, predicted, plane
+
+
+def window_grid(
+    shape: tuple[int, int], tile: int, overlap: int, align: int, window: tuple[slice, slice] | None
+) -> tuple[list[tuple[slice, slice]], tuple[slice, slice]]:
+    """The whole slice's tile grid cut down to the tiles that touch `window`, in the coordinates of
+    their bounding box, and that box (the whole slice when window is None).
+
+    Blending inside the window is unchanged: a tile's ramp is only cut off at the box's edge where
+    no tile beyond the box reaches into the window (see test_distributed)."""
+    regions = tile_grid(shape, tile, overlap, align)
+    if window is None:
+        return regions, (slice(0, shape[0]), slice(0, shape[1]))
+    kept = [
+        r
+        for r in regions
+        if all(a.start < w.stop and w.start < a.stop for a, w in zip(r, window, strict=True))
+    ]
+    if not kept:
+        raise ValueError(f"window {window} lies outside a slice of {shape}")
+    y0, x0 = min(r[0].start for r in kept), min(r[1].start for r in kept)
+    y1, x1 = max(r[0].stop for r in kept), max(r[1].stop for r in kept)
+    shifted = [(slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0)) for ys, xs in kept]
+    return shifted, (slice(y0, y1), slice(x0, x1))
+
+
+def _read_plane(stack: Any, z: int, box: tuple[slice, slice], norm: Normalization) -> np.ndarray:
+    """Slice z's bounding box, checked and normalised."""
+    raw = np.asarray(stack[(z, *box)])
+    check_finite(raw, getattr(stack, "filename", None) or "input stack")
+    return normalize(raw, norm)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -343,17 +385,29 @@ def familiarity_notes(view: StackView, model: LoadedModel, norm: Normalization) 
 
 
 def enhanced_slices(
-    plan: Plan, model: LoadedModel, options: EnhanceOptions, progress: tqdm | None = None
+    plan: Plan,
+    model: LoadedModel,
+    options: EnhanceOptions,
+    progress: tqdm | None = None,
+    window: tuple[slice, slice] | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """(source slice index, enhanced slice, predicted next slices) in the source's geometry and
     normalised units; slices come in the model's order (from the sharp end), view by view, each
     source slice once (and counted once in `progress`). With options.guard, a slice whose result
-    fails `explains` is replaced by smoothing (recorded in plan.guarded)."""
+    fails `explains` is replaced by smoothing (recorded in plan.guarded).
+
+    `window` (YX slices) gives only that part of each slice (see iter_enhanced), without the guard,
+    which judges whole slices: a tile-parallel run judges them once all windows are written."""
+    if window is not None and any(view.zoom != 1.0 for view in plan.views):
+        raise DqlrError(
+            "tile-parallel enhancement needs slices at the model's pixel size; "
+            "pass --no-match-pixel-size or resample the stack first"
+        )
     done: set[int] = set()
     plan.guarded.clear()  # a plan enhanced again starts its record afresh
     for view, levels in zip(plan.views, plan.levels, strict=True):
         for z, (enhanced, predicted, observed) in enumerate(
-            iter_enhanced(view, model, plan.norm, options, None, levels)
+            iter_enhanced(view, model, plan.norm, options, None, levels, window)
         ):
             source = view.source_index(z)
             if source in done:  # the focus slice of a split stack: kept from the lower part
@@ -361,7 +415,7 @@ def enhanced_slices(
             done.add(source)
             if progress is not None:
                 progress.update(1)
-            if options.guard and not explains(enhanced, observed):
+            if options.guard and window is None and not explains(enhanced, observed):
                 enhanced = ndimage.gaussian_filter(observed, FALLBACK_SIGMA_PX).astype(np.float32)
                 plan.guarded.append(source)
             restored = None if predicted is None else view.restore_plane(predicted)
@@ -489,6 +543,11 @@ def _where(at: tuple[int, int], layout: Layout) -> str:
     return ", ".join(named[::-1]) + ": " if named else ""
 
 
+def output_paths(output: Path, predict_next: int) -> list[Path]:
+    """The output and its `predict_next` companions (NAME.next1, ...)."""
+    return [output] + [_next_path(output, k + 1) for k in range(predict_next)]
+
+
 def _enhance_file(
     input_path: Path,
     output_path: Path,
@@ -511,7 +570,7 @@ def _enhance_file(
         notes += [_where(at, layout) + note for note in plans[-1].notes]
     info = "\n".join(filter(None, [stack.info, provenance(loaded, notes)]))
     shape, dtype = stack.data.shape, stack.data.dtype
-    paths = [output_path] + [_next_path(output_path, k + 1) for k in range(options.predict_next)]
+    paths = output_paths(output_path, options.predict_next)
     with contextlib.ExitStack() as open_writers:  # on any error every temp output is removed
         writers = [
             open_writers.enter_context(
@@ -579,6 +638,7 @@ class FileOutcome:
     outputs: list[Path]
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    skipped: bool = False  # resume: the outputs were complete already
 
 
 def enhance_files(
@@ -590,40 +650,34 @@ def enhance_files(
     channel: Pick = None,
     timepoint: Pick = None,
     progress: bool = True,
+    resume: bool = False,
+    client: Any = None,
 ) -> list[FileOutcome]:
     """Enhance several files (or folders of them) in turn; one failure does not stop the others.
 
     With one input, `output` is the output file; with several, a folder that receives files of the
-    same names.
+    same names. With `resume`, outputs that exist are skipped: every write is atomic, so an output
+    that exists is complete. With a `distributed.Client`, the stacks are enhanced on its cluster
+    (dqlr.inference.distributed).
     """
     options = options or EnhanceOptions()
-    files = expand_inputs(inputs)
-    output = Path(output)
-    if len(files) > 1 or (output.exists() and output.is_dir() and stack_format_or_none(output) is None):
-        output.mkdir(parents=True, exist_ok=True)
-        targets = [output / f.name for f in files]
-    else:
-        targets = [output]
-    # Every check that needs no model runs first, so a bad input or an existing output costs nothing.
-    problems: dict[Path, str] = {}
-    depths = []
-    for source, target in zip(files, targets, strict=True):
-        try:
-            stack_format(target)
-            refuse_existing(target, force)
-            _, stacks = input_stacks(source, channel, timepoint)
-            depths.append(sum(stack.shape[0] for _, stack in stacks))
-        except DqlrError as error:
-            problems[source] = str(error)
-            depths.append(0)
-    if len(problems) == len(files):
-        return [FileOutcome(source, [], problems[source]) for source in files]
+    if client is not None:
+        from dqlr.inference import distributed
+
+        return distributed.enhance_files(
+            client, inputs, output, model, options, force, channel, timepoint, progress, resume
+        )
+    files, targets = file_targets(inputs, output)
+    checked, shapes = check_targets(files, targets, force, channel, timepoint, resume, options.predict_next)
+    if all(outcome is not None for outcome in checked):
+        return [o for o in checked if o is not None]
     loaded = as_model(model, options.device)
     outcomes = []
-    with tqdm(total=sum(depths), desc="enhance", unit="slice", disable=not progress) as bar:
-        for source, target in zip(files, targets, strict=True):
-            if source in problems:
-                outcomes.append(FileOutcome(source, [], problems[source]))
+    total = sum(shape[0] for shape, outcome in zip(shapes, checked, strict=True) if outcome is None)
+    with tqdm(total=total, desc="enhance", unit="slice", disable=not progress) as bar:
+        for source, target, outcome in zip(files, targets, checked, strict=True):
+            if outcome is not None:
+                outcomes.append(outcome)
                 continue
             try:
                 written, notes = _enhance_file(
@@ -633,6 +687,49 @@ def enhance_files(
             except DqlrError as error:
                 outcomes.append(FileOutcome(source, [], str(error)))
     return outcomes
+
+
+def file_targets(inputs: Sequence[str | Path], output: str | Path) -> tuple[list[Path], list[Path]]:
+    """The input files (folders expanded) and their outputs: `output` itself for one input, else
+    files of the same names in the folder `output`."""
+    files = expand_inputs(inputs)
+    output = Path(output)
+    if len(files) > 1 or (output.exists() and output.is_dir() and stack_format_or_none(output) is None):
+        output.mkdir(parents=True, exist_ok=True)
+        return files, [output / f.name for f in files]
+    return files, [output]
+
+
+def check_targets(
+    files: Sequence[Path],
+    targets: Sequence[Path],
+    force: bool,
+    channel: Pick,
+    timepoint: Pick,
+    resume: bool,
+    predict_next: int,
+) -> tuple[list[FileOutcome | None], list[tuple[int, ...]]]:
+    """Every check that needs no model, first, so a bad input or an existing output costs nothing:
+    per input its outcome when it is settled already (a problem, or skipped by `resume`; else None)
+    and the shape of its stacks (the slices of all the stacks it holds, then Y, X)."""
+    outcomes: list[FileOutcome | None] = []
+    shapes: list[tuple[int, ...]] = []
+    for source, target in zip(files, targets, strict=True):
+        paths = output_paths(target, predict_next)
+        try:
+            stack_format(target)
+            if resume and all(p.exists() for p in paths):
+                outcomes.append(FileOutcome(source, paths, skipped=True))
+                shapes.append((0,))
+                continue
+            refuse_existing(target, force)
+            _, stacks = input_stacks(source, channel, timepoint)  # every stack of the file is checked
+            shapes.append((sum(stack.shape[0] for _, stack in stacks), *stacks[0][1].shape[1:]))
+            outcomes.append(None)
+        except DqlrError as error:
+            outcomes.append(FileOutcome(source, [], str(error)))
+            shapes.append((0,))
+    return outcomes, shapes
 
 
 def stack_format_or_none(path: Path) -> str | None:

@@ -140,7 +140,10 @@ class StackView:
             items = (slice(None),) * (self.ndim - len(items) + 1) + items[1:]
         first, rest = (items[0], items[1:]) if items else (slice(None), ())
         if isinstance(first, int | np.integer):
-            return self.plane(range(self.shape[0])[int(first)])[rest]
+            z = range(self.shape[0])[int(first)]
+            if self.zoom == 1.0 and rest:  # read only the part asked for (a tile-parallel task's box)
+                return np.asarray(self.source[(self.source_index(z), *rest)])
+            return self.plane(z)[rest]
         return np.stack([self.plane(z)[rest] for z in range(self.shape[0])[first]])
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:

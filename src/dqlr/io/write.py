@@ -67,8 +67,10 @@ class StackWriter:
         protect: Iterable[PathLike] = (),
         info: str | None = None,
         layout: Layout | None = None,
+        chunk: int = ZARR_TILE,
     ) -> None:
         self.path = Path(path)
+        self.chunk = chunk  # Zarr chunks are (1, chunk, chunk)
         self.info = info
         self._info_added = False
         self.format = stack_format(self.path)
@@ -98,7 +100,7 @@ class StackWriter:
         z, y, x = self.voxel_size or (None, None, None)
         layout = self.layout
         if self.format == "zarr":
-            return _create_zarr(self._tmp, layout, self.dtype, self.voxel_size, self.info)
+            return _create_zarr(self._tmp, layout, self.dtype, self.voxel_size, self.info, self.chunk)
         kwargs: dict[str, Any] = {"photometric": "minisblack"}
         if self.format == "ome-tiff":
             metadata: dict[str, Any] = {"axes": layout.axes}
@@ -136,6 +138,15 @@ class StackWriter:
         at = {"T": t, "C": c, "Z": z}
         self._array[tuple(at.get(a, slice(None)) for a in self.layout.axes)] = value
         self._written[t, c, z] = True
+
+    def shared_array(self) -> Any:
+        """The temporary Zarr array itself, for tasks in other processes that each fill whole chunks
+        (a tile-parallel run); every slice then counts as written, and close() still renames the
+        store into place only when called, after those tasks have finished."""
+        if self.format != "zarr":
+            raise DqlrError(f"{self.path}: only a Zarr output can be written in parallel pieces")
+        self._written[:] = True
+        return self._array
 
     def add_info(self, text: str) -> None:
         """Append a line to `info`; stored when the output is finished."""
@@ -208,16 +219,19 @@ class StackWriter:
 
 
 def _create_zarr(
-    tmp: Path, layout: Layout, dtype: np.dtype, voxel_size: tuple | None, info: str | None
+    tmp: Path,
+    layout: Layout,
+    dtype: np.dtype,
+    voxel_size: tuple | None,
+    info: str | None,
+    chunk: int = ZARR_TILE,
 ) -> Any:
     """OME-Zarr (NGFF 0.4, zarr v2) with one slice per chunk, so streaming reads one chunk; the
     lower pyramid levels the metadata lists are written on close (`write_pyramid`)."""
     import zarr
 
     root = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
-    chunks = tuple(
-        min(n, ZARR_TILE) if a in "YX" else 1 for a, n in zip(layout.axes, layout.shape, strict=True)
-    )
+    chunks = tuple(min(n, chunk) if a in "YX" else 1 for a, n in zip(layout.axes, layout.shape, strict=True))
     array = root.create_array(
         "0",
         shape=layout.shape,

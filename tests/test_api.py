@@ -129,7 +129,8 @@ def _python_blocks(markdown: str) -> list[str]:
 
 
 def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every ```python block of the README runs as written, in a folder holding my_stack.tif."""
+    """Every ```python block of the README runs as written, in a folder holding my_stack.tif (the
+    cluster recipes, which need SLURM or Kubernetes, are fenced as ```py and only shown)."""
     blocks = _python_blocks((ROOT / "README.md").read_text())
     assert blocks, "the README shows the Python API"
     plant = dqlr.simulate(shape=(12, 96, 96), seed=4)

@@ -255,7 +255,7 @@ def report(result: dict[str, Any]) -> str:
     lines += [
         "",
         "How to run it on SLURM (dask-jobqueue) or Kubernetes (dask-kubernetes): README.md, "
-        '"Past one machine: a Dask cluster".',
+        '"Past one machine: a Dask cluster, several GPUs".',
     ]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 

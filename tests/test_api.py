@@ -184,3 +184,20 @@ def test_readme_commands_are_accepted_by_the_cli() -> None:
         plain = line.replace("[", "").replace("]", "")  # [--option value] marks an optional part
         words = ["x.tif" if word == "..." else word for word in shlex.split(plain)[1:]]
         parser.parse_args(words)  # exits (fails the test) on an unknown option
+
+
+def test_enhance_files_is_the_command_in_python(tmp_path: Path) -> None:
+    """One path or a folder, the command's outcomes; the same slices as dqlr.enhance."""
+    plant = dqlr.simulate(shape=(8, 48, 48), seed=6).observed
+    folder = tmp_path / "in"
+    dqlr.write_stack(folder / "a.tif", plant, voxel_size=(1.0, 0.25, 0.25))
+    dqlr.write_stack(folder / "b.tif", plant[::-1].astype(np.float32), voxel_size=(2.0, 0.5, 0.5))
+    [one] = dqlr.enhance_files(str(folder / "a.tif"), tmp_path / "a_out.tif", "paper", progress=False)
+    assert one.error is None and one.outputs == [tmp_path / "a_out.tif"]
+    expected = dqlr.enhance(plant, "paper", voxel_size=(1.0, 0.25, 0.25))
+    assert np.array_equal(dqlr.read_stack(tmp_path / "a_out.tif").data, expected)
+    outcomes = dqlr.enhance_files([folder], tmp_path / "out", "paper", progress=False, tile=32, overlap=8)
+    assert [o.outputs for o in outcomes] == [[tmp_path / "out" / "a.tif"], [tmp_path / "out" / "b.tif"]]
+    assert dqlr.read_stack(tmp_path / "out" / "b.tif").data.dtype == np.float32
+    again = dqlr.enhance_files([folder], tmp_path / "out", "paper", progress=False, resume=True)
+    assert [o.skipped for o in again] == [True, True]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import dqlr
 from dqlr.cli import main
 from dqlr.config import EnhanceOptions
 from dqlr.errors import DqlrError
@@ -96,7 +97,7 @@ def test_a_window_equals_that_part_of_the_whole_slice_and_reads_only_its_box(mod
 
 def test_files_on_the_cluster_equal_the_serial_run(model_file, client, folder, tmp_path) -> None:
     serial = enhance_files([folder], tmp_path / "serial", model_file, progress=False)
-    outcomes = enhance_files([folder], tmp_path / "cluster", model_file, progress=False, client=client)
+    outcomes = dqlr.enhance_files([folder], tmp_path / "cluster", model_file, progress=False, client=client)
     assert [o.error for o in outcomes] == [None] * 3
     assert [o.notes for o in outcomes] == [o.notes for o in serial]
     expected, got = _stacks(tmp_path / "serial"), _stacks(tmp_path / "cluster")

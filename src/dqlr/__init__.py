@@ -1,6 +1,6 @@
 """dqlr: restore the deep, degraded slices of confocal z-stacks with DQLR.
 
-The public API is nine functions of the same shape as the command line, plus the settings types:
+The public API is ten functions of the same shape as the command line, plus the settings types:
 
     stack = dqlr.read_stack("my_stack.tif")
     result = dqlr.enhance(stack.data)
@@ -12,7 +12,18 @@ dqlr.evaluation, dqlr.reporting); see ARCHITECTURE.md.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from dqlr.api import adapt, enhance, estimate, evaluate, load_model, read_stack, simulate, train, write_stack
+from dqlr.api import (
+    adapt,
+    enhance,
+    enhance_files,
+    estimate,
+    evaluate,
+    load_model,
+    read_stack,
+    simulate,
+    train,
+    write_stack,
+)
 from dqlr.config import Config, EnhanceOptions, RunOptions
 from dqlr.errors import DqlrError, DqlrWarning
 
@@ -29,6 +40,7 @@ __all__ = [
     "RunOptions",
     "adapt",
     "enhance",
+    "enhance_files",
     "estimate",
     "evaluate",
     "load_model",

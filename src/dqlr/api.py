@@ -1,4 +1,4 @@
-"""The public Python API: nine functions of the same shape as the `dqlr` commands.
+"""The public Python API: ten functions of the same shape as the `dqlr` commands.
 
 Each function imports its working module on first call, so `import dqlr` stays fast and a name
 here never stands for a module (`dqlr.enhance` is always this function).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from dqlr.config import Config, EnhanceOptions, RunOptions
 
 if TYPE_CHECKING:
     from dqlr.degradation import DepthDegradation
+    from dqlr.inference.enhance import FileOutcome
     from dqlr.io import Stack
     from dqlr.model.checkpoint import LoadedModel
     from dqlr.simulation import Optics, SimulatedPlant
@@ -211,6 +212,44 @@ def enhance(
     from dqlr.inference.enhance import enhance as _enhance
 
     return _enhance(stack, model, options, progress=progress, **settings)
+
+
+def enhance_files(
+    inputs: PathLike | Sequence[PathLike],
+    output: PathLike,
+    model: LoadedModel | str | Path | None = None,
+    options: EnhanceOptions | None = None,
+    *,
+    channel: int | Literal["all"] | None = None,
+    timepoint: int | Literal["all"] | None = None,
+    force: bool = False,
+    resume: bool = False,
+    client: Any = None,
+    progress: bool = True,
+    **settings: Any,
+) -> list[FileOutcome]:
+    """Enhance files (or folders of them) into `output`, as `dqlr enhance` does: for one input the
+    output file, else a folder receiving files of the same names, each of its input's format,
+    dtype, layout and voxel size. One failure does not stop the others (each outcome's `error`).
+
+    `channel` / `timepoint`: an index, or "all" for every one. `resume`: outputs that exist are
+    complete (every write is atomic) and are skipped. `client`: a dask `distributed.Client`; the
+    stacks are then enhanced on its cluster, with the same results.
+    """
+    from dqlr.inference.enhance import enhance_files as _enhance_files
+
+    return _enhance_files(
+        [inputs] if isinstance(inputs, str | Path) else list(inputs),
+        output,
+        model,
+        EnhanceOptions.of(options, **settings),
+        force,
+        channel,
+        timepoint,
+        progress,
+        resume=resume,
+        client=client,
+    )
 
 
 def evaluate(

@@ -82,8 +82,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _enhance(args: argparse.Namespace) -> int:
+    from dqlr.api import enhance_files
     from dqlr.config import EnhanceOptions
-    from dqlr.inference.enhance import enhance_files
 
     options = EnhanceOptions.of(**{name: getattr(args, name) for name in EnhanceOptions.model_fields})
     if args.mode and args.model:
@@ -102,9 +102,9 @@ def _enhance(args: argparse.Namespace) -> int:
             args.output,
             model,
             options,
-            args.force,
-            args.channel,
-            args.timepoint,
+            channel=args.channel,
+            timepoint=args.timepoint,
+            force=args.force,
             resume=args.resume,
             client=client,
         )

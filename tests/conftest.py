@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,19 @@ def tiny_config(**model: object) -> Config:
         }
     )
     return Config.from_dict(values)
+
+
+def save_tiny_model(folder: Path, **model: object) -> str:
+    """An untrained but deterministic tiny model (seed 0) saved as a real checkpoint: fast to load
+    and run, for tests of the paths around the network."""
+    from dqlr.model import DQLR
+    from dqlr.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    config = tiny_config(**model)
+    path = folder / "tiny.pt"
+    save_checkpoint(path, {"config": config.to_dict(), "model": DQLR(config.model).state_dict()})
+    return str(path)
 
 
 @pytest.fixture

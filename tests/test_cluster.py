@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import dqlr
 from dqlr.cli import main
@@ -22,22 +21,17 @@ from dqlr.errors import DqlrError
 from dqlr.inference import distributed
 from dqlr.inference.enhance import enhance_files, iter_enhanced
 from dqlr.io import read_stack, write_stack
-from dqlr.model import DQLR
-from dqlr.model.checkpoint import load_model, save_checkpoint
+from dqlr.model.checkpoint import load_model
 from dqlr.normalize import fit_normalization
 from dqlr.simulation import simulate_plant
-from tests.conftest import tiny_config
+from tests.conftest import save_tiny_model
 
 SMALL_TILES = {"tile": 32, "overlap": 8}  # several tiles per slice, so blocks have real halos
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> str:
-    torch.manual_seed(0)
-    config = tiny_config()
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, {"config": config.to_dict(), "model": DQLR(config.model).state_dict()})
-    return str(path)
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

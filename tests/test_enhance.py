@@ -7,21 +7,14 @@ from dqlr.errors import DqlrError, DqlrWarning
 from dqlr.inference.enhance import enhance, enhance_file, enhance_files, iter_enhanced
 from dqlr.inference.tiling import Blender, tile_grid, tile_spans
 from dqlr.io import read_stack, write_stack
-from dqlr.model import DQLR
-from dqlr.model.checkpoint import LoadedModel, save_checkpoint
+from dqlr.model.checkpoint import LoadedModel
 from dqlr.normalize import fit_normalization
-from tests.conftest import tiny_config
+from tests.conftest import save_tiny_model, tiny_config
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> str:
-    """A small, untrained but deterministic model saved as a real checkpoint."""
-    torch.manual_seed(0)
-    config = tiny_config(predict_next=2)
-    network = DQLR(config.model)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, {"config": config.to_dict(), "model": network.state_dict()})
-    return str(path)
+    return save_tiny_model(tmp_path_factory.mktemp("model"), predict_next=2)
 
 
 @pytest.fixture(scope="module")

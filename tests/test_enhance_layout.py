@@ -4,7 +4,6 @@ back in the input's layout with its metadata, and OME-Zarr pyramids with the inp
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 from ome_zarr.format import FormatV04
 from ome_zarr.io import parse_url
@@ -15,18 +14,13 @@ from dqlr.cli import main
 from dqlr.inference.enhance import enhance_file
 from dqlr.io import Channel, read_layout, read_stack
 from dqlr.io.pyramid import block_mean
-from dqlr.model import DQLR
-from dqlr.model.checkpoint import LoadedModel, load_model, save_checkpoint
-from tests.conftest import tiny_config
+from dqlr.model.checkpoint import LoadedModel, load_model
+from tests.conftest import save_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    config = tiny_config()
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, {"config": config.to_dict(), "model": DQLR(config.model).state_dict()})
-    return str(path)
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

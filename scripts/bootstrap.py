@@ -61,7 +61,7 @@ def setup() -> None:
 
 def check() -> None:
     """Lint, format and type checks before the tests: CI fails on any of them."""
-    paths = ["src", "tests", "benchmarks", "scripts"]
+    paths = ["src", "tests", "benchmarks", "scripts", "docs", "README.md"]  # the notebook and README code too
     run(BIN / "ruff", "check", *paths)
     run(BIN / "ruff", "format", "--check", *paths)
     run(PYTHON, "-m", "mypy")

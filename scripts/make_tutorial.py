@@ -50,7 +50,7 @@ stack it returns the clean one, the true cells and the true degradation by depth
 print("observed", plant.observed.shape, plant.observed.dtype, "voxel size (µm, ZYX):", plant.voxel_size)
 
 fig, axes = plt.subplots(1, 2, figsize=(8, 4))
-for ax, z in zip(axes, (4, 20)):
+for ax, z in zip(axes, (4, 20), strict=True):
     ax.imshow(plant.observed[z], cmap="gray")
     ax.set_title(f"observed, z = {z}")
     ax.axis("off")""",
@@ -90,7 +90,7 @@ print("enhanced", enhanced.shape, enhanced.dtype)
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 4))
 for ax, image, title in zip(
-    axes, (plant.observed[20], enhanced[20], plant.clean[20]), ("observed", "dqlr", "clean")
+    axes, (plant.observed[20], enhanced[20], plant.clean[20]), ("observed", "dqlr", "clean"), strict=True
 ):
     ax.imshow(image, cmap="gray")
     ax.set_title(f"{title}, z = 20")

@@ -53,7 +53,9 @@ class CleanPairs:
             p = (config.data.percentile_low, config.data.percentile_high)
             self.observed.append(normalize(observed, fit_normalization(observed, *p)))
             self.clean.append(normalize(clean, fit_normalization(clean, *p)))
-            blur = estimate_degradation(observed, reference_fraction=settings.reference_fraction, halo=False)
+            blur = estimate_degradation(
+                observed, reference_fraction=settings.reference_fraction, blur_only=True
+            )
             self.levels.append(np.asarray(blur.blur_sigma_px, np.float32) / settings.condition_scale_px)
         self.length = config.model.predict_next + 2
         self.crop = config.data.crop

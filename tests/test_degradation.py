@@ -247,3 +247,17 @@ def test_record_round_trip_and_relative(estimate: DepthDegradation) -> None:
     assert deep["blur_sigma_px"] == pytest.approx(estimate.blur_sigma_px[-1])
     with pytest.raises(DqlrError):
         DepthDegradation.from_dict({"gain": 1.0})
+
+
+def test_blur_only_gives_the_same_blur_and_notes(plant: SimulatedPlant, estimate: DepthDegradation) -> None:
+    """The depth-aware models' conditioning path skips what the blur does not depend on; what it
+    gives them must be exactly what the full estimate gives (also on float data imaged bottom-up,
+    where the notes say that the blur cannot be measured)."""
+    quick = estimate_degradation(plant.observed, plant.voxel_size, blur_only=True)
+    assert np.array_equal(quick.blur_sigma_px, estimate.blur_sigma_px) and quick.blur_sigma_px.max() > 1
+    assert quick.notes == estimate.notes and quick.reliable == estimate.reliable
+    assert quick.reference_slices == estimate.reference_slices
+    assert (quick.attenuation == 1).all() and not quick.halo_fraction.any()
+    upside_down = (plant.observed[::-1] * 0.01).astype(np.float32)
+    full, fast = (estimate_degradation(upside_down, blur_only=b) for b in (False, True))
+    assert np.array_equal(full.blur_sigma_px, fast.blur_sigma_px) and full.notes == fast.notes

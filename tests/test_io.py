@@ -13,6 +13,7 @@ import zarr
 from dqlr.errors import DqlrError
 from dqlr.io import (
     Stack,
+    StackView,
     check_finite,
     create_stack_writer,
     read_stack,
@@ -608,3 +609,24 @@ def test_info_added_while_writing_is_stored(tmp_path, name) -> None:
     assert stack.data.dtype == np.float32 and np.array_equal(stack.data, data)
     assert stack.voxel_size == pytest.approx(VOXEL)
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temp file left behind
+
+
+def test_a_crop_of_every_slice_of_a_view_reads_and_keeps_only_the_crop() -> None:
+    """A crop through all slices (the depth estimate's) must not hold whole slices: on a
+    64 x 4096 x 4096 volume that was the whole volume in memory. Flipped and resized views too."""
+    data = np.random.default_rng(0).random((5, 60, 80)).astype(np.float32)
+    reads: list[tuple[int, ...]] = []
+
+    class Recorded:  # an array that notes the shape of every read
+        shape, dtype = data.shape, data.dtype
+
+        def __getitem__(self, key):
+            reads.append(np.asarray(data[key]).shape)
+            return data[key]
+
+    crop = StackView(Recorded(), flip=True)[:, 10:30, 20:60]
+    assert np.array_equal(crop, data[::-1, 10:30, 20:60])
+    assert reads == [(20, 40)] * 5
+    resized = StackView(data, zoom=0.5)[1:3, 5:10, 5:10]
+    assert resized.shape == (2, 5, 5)
+    assert np.array_equal(StackView(data, start=1, stop=4)[2], data[3])

@@ -276,3 +276,36 @@ def test_ctrl_c_in_a_callback_returns_with_a_usable_best_model(tiny_plants, tmp_
     assert result.interrupted and len(result.history) == 1 and result.best_epoch == 1
     out = dqlr.enhance(tiny_plants[1], load_model(result.best))
     assert out.shape == tiny_plants[1].shape
+
+
+def test_a_teacher_makes_its_outputs_the_targets(tiny_plants, tmp_path) -> None:
+    """Distillation: the student is trained towards the teacher's outputs on the same windows, so
+    it ends closer to them than the same run on the windows' own slices; the run names its teacher,
+    a resume needs it again, and a teacher that reads depth otherwise is refused."""
+    teacher_config = tiny_config(base_channels=12).with_overrides({"train.steps_per_epoch": 1})
+    teacher = save_tiny_model(tmp_path / "teacher.pt", teacher_config, seed=3)
+    config = tiny_config().with_overrides(
+        {"train.epochs": 2, "train.steps_per_epoch": 12, "train.learning_rate": 3e-3}
+    )
+    runs = {}
+    for name, given in (("plain", None), ("distilled", teacher)):
+        runs[name] = train(tiny_plants[:1], tmp_path / name, config, run=QUIET, teacher=given)
+    trainer = Trainer(config, tiny_plants[:1], tiny_plants[1], QUIET)
+    batch = trainer.val_batch
+    with torch.no_grad():
+        wanted, _, _ = teacher.network.eval()(batch.inputs, batch.tops, batch.condition)
+
+    def distance(run) -> float:
+        network = load_model(run.last).network.eval()
+        with torch.no_grad():
+            outputs, _, _ = network(batch.inputs, batch.tops, batch.condition)
+        return float(((outputs - wanted) ** 2).mean())
+
+    assert distance(runs["distilled"]) < 0.5 * distance(runs["plain"])
+    assert read_checkpoint(runs["distilled"].last)["trainer"]["teacher"] == "teacher.pt"
+    with pytest.raises(DqlrError, match="pass --teacher again"):
+        train(tiny_plants[:1], tmp_path / "distilled", run=QUIET, resume=True)
+    depth_config = teacher_config.with_overrides({"mode": "depth-aware"})
+    depth_aware = save_tiny_model(tmp_path / "depth.pt", depth_config)
+    with pytest.raises(DqlrError, match="depth"):
+        train(tiny_plants[:1], tmp_path / "refused", config, run=QUIET, teacher=depth_aware)

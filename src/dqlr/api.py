@@ -103,12 +103,15 @@ def train(
     run: RunOptions | None = None,
     stop_after_epochs: int | None = None,
     init: LoadedModel | str | Path | None = None,
+    teacher: LoadedModel | str | Path | None = None,
 ) -> TrainResult:
     """Train a DQLR model on noisy stacks alone, into `run_dir` (checkpoints, metrics, curves.png).
 
     `config` is what the model is (saved with it); `run` how this run executes (device, threads,
     progress, max_minutes; never saved). `resume=True` continues the run in `run_dir` exactly.
-    `init` starts from a model's weights (a shipped name or a file) to fine-tune it.
+    `init` starts from a model's weights (a shipped name or a file) to fine-tune it. `teacher`
+    (the same kinds) distils it: the targets are that model's outputs, e.g. to make a smaller,
+    faster network do what a trained one does.
     In processes started by torchrun it trains on all of them with DDP (rank 0 writes `run_dir`).
     """
     from dqlr.reporting.figures import CurvePlotter
@@ -124,6 +127,7 @@ def train(
         stop_after_epochs=stop_after_epochs,
         callbacks=[CurvePlotter(Path(run_dir) / "curves.png")],
         init=init,
+        teacher=teacher,
     )
 
 

@@ -75,7 +75,14 @@ def _train(args: argparse.Namespace) -> None:
             config = config.with_overrides(overrides)
     run = RunOptions.of(device=args.device, num_threads=args.threads)
     result = train(
-        args.stacks, args.out, config, val_stack=args.val, resume=args.resume, run=run, init=args.init
+        args.stacks,
+        args.out,
+        config,
+        val_stack=args.val,
+        resume=args.resume,
+        run=run,
+        init=args.init,
+        teacher=args.teacher,
     )
     if result.rank == 0:  # under torchrun, once
         print(f"checkpoints: {result.best} (best), {result.last} (last)")
@@ -319,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=Path, help="validation stack (default: the last training stack)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--init", metavar="MODEL", help="fine-tune this model (a .pt file or a shipped name)")
+    p.add_argument(
+        "--teacher",
+        metavar="MODEL",
+        help="distil: learn this trained model's outputs (e.g. a smaller, faster network from a larger one)",
+    )
     p.add_argument("--epochs", type=int, help="number of epochs (default: the config's, 20)")
     p.add_argument(
         "--mode",

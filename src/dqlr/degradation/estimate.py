@@ -140,7 +140,7 @@ def estimate_degradation(
     voxel_size: tuple[float, float, float] | None = None,
     reference_fraction: float = 0.2,
     halo_sigma_px: float | None = None,
-    halo: bool = True,
+    blur_only: bool = False,
 ) -> DepthDegradation:
     """Estimate how each slice is degraded relative to the sharp upper slices, from the stack alone.
 
@@ -150,9 +150,10 @@ def estimate_degradation(
     The deepest slices, where no blur can be measured (signal buried in noise at every usable
     frequency), get a power-law extrapolation of the measured ones. Slices above the reference
     and the reference itself get no degradation (blur 0, halo 0, attenuation 1). Never raises on
-    a finite 3-D stack: what could not be measured is in the result's notes. `halo=False` skips
-    the halo fit (a third of the time; the blur does not depend on it) and leaves halo_fraction 0,
-    for callers that need only the blur curve, such as a depth-aware model's conditioning.
+    a finite 3-D stack: what could not be measured is in the result's notes. `blur_only=True`
+    skips what the blur does not depend on (the halo and attenuation fits: halo 0, attenuation 1;
+    the blur curve and the notes are the same), for callers that need only the blur curve, such as
+    a depth-aware model's conditioning (half the time).
     """
     data = stack_array(stack)
     if voxel_size is None and isinstance(stack, Stack):
@@ -188,6 +189,9 @@ def estimate_degradation(
     mean0 = np.full(n_z, np.nan)
     floor0 = np.full(n_z, np.nan)
     for z in map(int, np.flatnonzero(has_signal)):
+        if blur_only:  # the area alone places the reference
+            area[z] = tissue_mask(read_plane(data, z), tissue_sigma, dark0).mean()
+            continue
         mask, inner = _tissue(read_plane(data, z), dark0, tissue_sigma, halo_sigma_px)
         area[z] = mask.mean()
         if area[z] >= 0.01:
@@ -207,8 +211,8 @@ def estimate_degradation(
 
     # attenuation: mean signal inside the tissue, relative to the reference
     attenuation = np.ones(n_z)
-    ref_ok = np.isfinite(mean[first:stop])
-    if ref_ok.any():
+    ref_ok = area[first:stop] >= 0.01  # where the in-tissue mean was measured
+    if ref_ok.any() and not blur_only:
         ref_mean = np.average(mean[first:stop][ref_ok], weights=area[first:stop][ref_ok])
         weight = np.where(np.isfinite(mean), area, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):  # a reference without signal: NaN
@@ -241,7 +245,7 @@ def estimate_degradation(
     halo_fraction = np.zeros(n_z)
     refs: list = []
     depths: list[int] = []
-    if halo:
+    if not blur_only:
         order = sorted(range(first, stop), key=lambda z: -area[z])[:HALO_REFERENCES]
         refs = [
             (
@@ -261,7 +265,7 @@ def estimate_degradation(
             halo_fraction[stop:] = np.clip(np.nan_to_num(fit[stop:], nan=0.0), 0.0, MAX_HALO)
 
     reliable, blur_notes = assess_blur(s2, weight, s2_error, stop)
-    halo_noted = bool(refs and depths) or stop >= n_z or not halo  # skipped on purpose: no note
+    halo_noted = bool(refs and depths) or stop >= n_z or blur_only  # skipped on purpose: no note
     notes += _tissue_notes(area, ref_ok.any(), halo_noted) + blur_notes
     if reliable and not (blur.any() or halo_fraction.any() or (attenuation < 1).any()):
         notes.append("no degradation with depth found: every slice is like the reference")

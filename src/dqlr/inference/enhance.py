@@ -277,7 +277,7 @@ def degradation_levels(stack: Any, model: LoadedModel) -> tuple[np.ndarray | Non
     view = stack[:, y0 : y0 + 512, x0 : x0 + 512]
     none = np.zeros(depth, np.float32)
     try:
-        estimate = estimate_degradation(view, reference_fraction=settings.reference_fraction, halo=False)
+        estimate = estimate_degradation(view, reference_fraction=settings.reference_fraction, blur_only=True)
     except DqlrError as error:
         return none, [
             f"depth degradation could not be estimated ({error}); enhanced without depth conditioning"

@@ -140,11 +140,16 @@ class StackView:
             items = (slice(None),) * (self.ndim - len(items) + 1) + items[1:]
         first, rest = (items[0], items[1:]) if items else (slice(None), ())
         if isinstance(first, int | np.integer):
-            z = range(self.shape[0])[int(first)]
-            if self.zoom == 1.0 and rest:  # read only the part asked for (a tile-parallel task's box)
-                return np.asarray(self.source[(self.source_index(z), *rest)])
-            return self.plane(z)[rest]
-        return np.stack([self.plane(z)[rest] for z in range(self.shape[0])[first]])
+            return self._read(range(self.shape[0])[int(first)], rest)
+        return np.stack([self._read(z, rest) for z in range(self.shape[0])[first]])
+
+    def _read(self, z: int, rest: tuple[Any, ...]) -> np.ndarray:
+        """Slice z, or the part `rest` of it, holding no more than that part: a crop of every
+        slice of a 64 x 4096 x 4096 volume must not keep the whole slices alive (2 GiB)."""
+        if self.zoom == 1.0 and rest:  # read only the part asked for (e.g. a block task's box)
+            return np.asarray(self.source[(self.source_index(z), *rest)])
+        plane = self.plane(z)
+        return plane[rest].copy() if rest else plane
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return np.asarray(self[...], dtype=dtype)

@@ -117,6 +117,7 @@ def train(
     stop_after_epochs: int | None = None,
     callbacks: Sequence[Callback] = (),
     init: ModelLike | None = None,
+    teacher: ModelLike | None = None,
 ) -> TrainResult:
     """Train DQLR on noisy stacks alone; writes last.pt, best.pt, config.yaml and metrics.csv.
 
@@ -131,7 +132,9 @@ def train(
     `init` (a LoadedModel, a .pt file or a shipped name) starts from that model's weights, with a
     fresh optimiser and schedule: the network and mode are the model's, a given `config` must agree
     on them and brings its loss, data and train sections. Its validation is epoch 0, and the
-    checkpoints name it ("init"). Ctrl-C returns normally, with `interrupted` set.
+    checkpoints name it ("init"). `teacher` (the same kinds) distils: the targets are that model's
+    outputs on the same windows, so a smaller network learns what a trained one does (pass it again
+    to resume). Ctrl-C returns normally, with `interrupted` set.
 
     Started by torchrun (RANK, WORLD_SIZE, ... in the environment) it trains with DDP on all the
     processes, config.train.batch_size being the global batch; each process returns, after rank 0
@@ -149,6 +152,7 @@ def train(
             stop_after_epochs,
             callbacks,
             init,
+            teacher,
             ranks,
         )
         ranks.barrier()  # the files are whole before any rank returns
@@ -165,6 +169,7 @@ def _train(
     stop_after_epochs: int | None,
     callbacks: Sequence[Callback],
     init: ModelLike | None,
+    teacher: ModelLike | None,
     ranks: Ranks,
 ) -> TrainResult:
     if not ranks.main:
@@ -196,6 +201,9 @@ def _train(
         _check_resumed_stacks(run_dir, state, trainer)
         trainer.load_state_dict({**state["trainer"], "model": state["model"]})
         trainer.init = state.get("init")
+        distilled = state["trainer"].get("teacher")
+        if distilled and teacher is None:
+            raise DqlrError(f"{run_dir}: this run learns from the teacher {distilled}; pass --teacher again")
     else:
         if start is not None:
             trainer.start_from(*start)
@@ -204,6 +212,8 @@ def _train(
             tqdm.write(
                 f"dqlr train: {len(stacks)} training stack(s), validation on {trainer.val.name}{note}{origin}"
             )
+    if teacher is not None:
+        trainer.distil_from(*init_model(teacher))
     trainer.fit(stop_after_epochs)
     if run.progress:
         _say_why_stopped(trainer, run_dir)

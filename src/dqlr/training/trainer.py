@@ -148,6 +148,8 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.best_metric = math.inf
         self.init: str | None = None  # the model this run started from (a name, never a path)
+        self.teacher: torch.nn.Module | None = None  # distillation: its outputs are the targets
+        self.teacher_name: str | None = None
         self.deadline: float | None = None
         self.out_of_time = self.interrupted = False
 
@@ -163,6 +165,30 @@ class Trainer:
             first = str(error).splitlines()[0][:120]
             raise DqlrError(f"{name}: weights do not match its config ({first})") from None
         self.init = name
+
+    def distil_from(self, model: LoadedModel, name: str) -> None:
+        """Train against a trained model's outputs on the same windows instead of the windows' own
+        slices (distillation: a smaller, faster network learns what a larger one does; still no
+        clean data). The teacher must read the depth condition as this run does."""
+        if model.config.conditioned != self.config.conditioned or (
+            self.config.conditioned and model.config.depth_aware != self.config.depth_aware
+        ):
+            raise DqlrError(
+                f"--teacher {name}: its mode or depth settings differ from this run's; a teacher must "
+                "read the depth condition as the trained model will"
+            )
+        teacher = build_network(model.config).to(self.device)
+        teacher.load_state_dict(model.network.state_dict())
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher_name = name
+
+    def _targets(self, batch: Batch) -> torch.Tensor:
+        """The windows' own slices, or (distillation) the teacher's outputs on the same inputs."""
+        if self.teacher is None:
+            return batch.targets
+        with torch.no_grad():
+            outputs, _, _ = self.teacher(batch.inputs, batch.tops, batch.condition)
+        return outputs.float()
 
     def _build_data(self) -> None:
         config = self.config
@@ -210,6 +236,7 @@ class Trainer:
             "step": self.step,
             "history": [dict(row) for row in self.history],
             "best_metric": self.best_metric,
+            "teacher": self.teacher_name,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -321,7 +348,7 @@ class Trainer:
         batch = training_batch(self.sampler, self.pairs, self.config, self.share).to(self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             outputs, vq_loss, stats = self.model(batch.inputs, batch.tops, batch.condition)
-        loss, parts = dqlr_loss(outputs, batch.targets, vq_loss, self.config.loss)
+        loss, parts = dqlr_loss(outputs, self._targets(batch), vq_loss, self.config.loss)
         if self.ranks.any(not bool(torch.isfinite(loss))):  # every rank stops, with the same line
             raise DqlrError(
                 f"train: loss became {float(loss)} at step {self.step}; lower the learning rate "

@@ -9,13 +9,13 @@ A file of one stack becomes one task that runs the serial code (`_enhance_file`)
 finished output into place. A file of several (every channel and/or time point) becomes one plan
 task and one enhancement task per stack: the client creates the shared output with the plans'
 notes, each stack task writes its planes straight into the temporary file (Zarr chunks, or planes
-of the TIFF, each at its place), and the client closes it. A stack whose slices are wider than `block`,
-written to Zarr, is cut into XY blocks instead: its plan (checks, normalisation, depth levels) is
-made once by one task, each block task runs every slice down z (the recurrence) for its block and
-its halo of tiles and writes its own Zarr chunks into a partial store, one task per slice then
-applies the guard to the whole slice, and the client renames the store into place. The partial
-store has a fixed name and records what it is made from and which blocks are done, so a resumed
-run does only the rest. Every way, the result equals the serial run.
+of the TIFF, each at its place), and the client closes it. A stack whose slices are wider than
+`block`, written to Zarr, is cut into XY blocks instead: its plan (checks, normalisation, depth
+levels) is made once by one task, each block task runs every slice down z (the recurrence) for its
+block and its halo of tiles and writes its own Zarr chunks into a partial store, one task per
+slice then applies the guard to the whole slice, and the client renames the store into place. The
+partial store has a fixed name and records what it is made from and which blocks are done, so a
+resumed run does only the rest. Every way, the result equals the serial run.
 
 dask is imported here only, and this module only when a client is given.
 """

@@ -28,6 +28,13 @@ def temp_path(path: PathLike, suffix: str = "") -> Path:
     return path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}{suffix}"
 
 
+def partial_path(path: PathLike) -> Path:
+    """The one fixed hidden name beside the destination for a resumable run's unfinished output
+    (`.NAME.partial`): a run started again finds it, where `temp_path` names are fresh each time."""
+    path = Path(path)
+    return path.parent / f".{path.name}.partial"
+
+
 def remove(path: PathLike) -> None:
     """Delete a file or a folder if it is there; never follows a symlink into a folder."""
     path = Path(path)

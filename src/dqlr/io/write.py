@@ -55,6 +55,10 @@ class StackWriter:
     `layout` (optional) makes it a file of several stacks, `writer[t, c, z] = slice2d`, with the
     layout's time points and channels, channel names and display settings, ImageJ slice labels and
     (Zarr) pyramid levels; `shape` is then each stack's ZYX shape.
+
+    `tmp` (optional) names the temporary output instead of a fresh hidden name: a resumable run's
+    partial Zarr store, reopened as it is when one of the same shape, dtype and chunks is there
+    (else made anew), and left in place by `keep()` when the run stops.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class StackWriter:
         info: str | None = None,
         layout: Layout | None = None,
         chunk: int = ZARR_TILE,
+        tmp: PathLike | None = None,
     ) -> None:
         self.path = Path(path)
         self.chunk = chunk  # Zarr chunks are (1, chunk, chunk)
@@ -84,7 +89,7 @@ class StackWriter:
             raise DqlrError(f"{path}: cannot write data type {self.dtype}; use integers or floats")
         self.layout = _output_layout(self.path, self.format, self.dtype, self.shape, layout)
         _check_target(self.path, force, protect)
-        self._tmp = temp_path(self.path)
+        self._tmp = Path(tmp) if tmp is not None else temp_path(self.path)
         self._written = np.zeros((self.layout.size("T"), self.layout.size("C"), self.shape[0]), dtype=bool)
         self._closed = False
         try:
@@ -100,7 +105,13 @@ class StackWriter:
         z, y, x = self.voxel_size or (None, None, None)
         layout = self.layout
         if self.format == "zarr":
-            return _create_zarr(self._tmp, layout, self.dtype, self.voxel_size, self.info, self.chunk)
+            reopened = _reopen_zarr(self._tmp, layout, self.dtype, self.chunk)
+            if reopened is not None:
+                return reopened
+            remove(self._tmp)
+            return _create_zarr(
+                self._tmp, layout, self.dtype, self.voxel_size, self.info, self.chunk, self.path.name
+            )
         kwargs: dict[str, Any] = {"photometric": "minisblack"}
         if self.format == "ome-tiff":
             metadata: dict[str, Any] = {"axes": layout.axes}
@@ -135,18 +146,24 @@ class StackWriter:
         value = np.asarray(value)
         if not np.can_cast(value.dtype, self.dtype, casting="same_kind"):
             raise ValueError(f"cannot write {value.dtype} slices into a {self.dtype} stack")
-        at = {"T": t, "C": c, "Z": z}
-        self._array[tuple(at.get(a, slice(None)) for a in self.layout.axes)] = value
+        self._array[plane_index(self.layout.axes, t, c, z)] = value
         self._written[t, c, z] = True
 
     def shared_array(self) -> Any:
-        """The temporary Zarr array itself, for tasks in other processes that each fill whole chunks
-        (a tile-parallel run); every slice then counts as written, and close() still renames the
-        store into place only when called, after those tasks have finished."""
-        if self.format != "zarr":
-            raise DqlrError(f"{self.path}: only a Zarr output can be written in parallel pieces")
+        """The temporary output itself, for tasks in other processes that each fill whole chunks or
+        planes of it (a tile-parallel run; the stacks of a file): the Zarr array, or for a TIFF a
+        `SharedTiff`; indexed in `layout.axes` order (`plane_index`). Every slice then counts as
+        written, and close() still renames the output into place only when called, after those
+        tasks have finished. A TIFF writer takes no more slices itself."""
         self._written[:] = True
-        return self._array
+        if self.format == "zarr":
+            return self._array
+        if self._array is None:
+            raise ValueError(f"writer for {self.path} is already shared or closed")
+        shared = SharedTiff(self._tmp, self._array.offset, self._array.shape, self._array.dtype)
+        self._array.flush()
+        self._array = None  # the tasks write the file; this process keeps no pages of it
+        return shared
 
     def add_info(self, text: str) -> None:
         """Append a line to `info`; stored when the output is finished."""
@@ -161,7 +178,8 @@ class StackWriter:
 
             zarr.open_group(str(self._tmp), mode="r+").attrs["dqlr"] = {"info": self.info}
             return
-        self._array.flush()
+        if self._array is not None:
+            self._array.flush()
         self._array = None
         source, self._tmp = self._tmp, temp_path(self.path)
         try:
@@ -195,7 +213,7 @@ class StackWriter:
                 )
             if self._info_added:
                 self._store_added_info()
-            if self.format != "zarr":
+            if self.format != "zarr" and self._array is not None:
                 self._array.flush()
             elif len(self.layout.scales) > 1:
                 write_pyramid(self._tmp, self.layout.axes, self.layout.scales, ZARR_TILE)
@@ -217,6 +235,45 @@ class StackWriter:
         self._closed = True
         remove(self._tmp)
 
+    def keep(self) -> Path:
+        """Stop without finishing and leave the temporary output where it is (a resumable run's
+        partial store, see `tmp`); `path` is left as it was. Returns the temporary path."""
+        self._array = None
+        self._closed = True
+        return self._tmp
+
+
+def plane_index(axes: str, t: int, c: int, z: int | slice) -> tuple[int | slice, ...]:
+    """Where plane (t, c, z) lies in an array of the given axes (TCZYX letters; YX whole)."""
+    at = {"T": t, "C": c, "Z": z}
+    return tuple(at.get(a, slice(None)) for a in axes)
+
+
+class SharedTiff:
+    """A StackWriter's temporary TIFF written from other processes, each its own whole planes
+    (`shared[index] = plane`, the index in the layout's axes as `plane_index` gives it). tifffile
+    made the file contiguous (the writer memory-maps it), so a plane lies at a known offset and
+    goes there in one positioned write: bytes, not memory pages, so planes that share a page do
+    not overwrite each other even from other machines. Pickles as its path, offset, shape, dtype."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path = Path(path)
+        self.offset = int(offset)  # of the first plane's first byte
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+
+    def __setitem__(self, key: tuple[Any, ...], value: Any) -> None:
+        """One whole plane: an index for each axis before YX, then all of Y and X."""
+        index, yx = key[:-2], key[-2:]
+        plane = np.ascontiguousarray(value, dtype=self.dtype)
+        if len(key) != len(self.shape) or yx != (slice(None),) * 2 or plane.shape != self.shape[-2:]:
+            raise ValueError(f"{self.path}: only whole planes can be written from another process")
+        at = self.offset + int(np.ravel_multi_index(index, self.shape[:-2])) * plane.nbytes
+        data = plane.tobytes()
+        with self.path.open("r+b") as file:
+            if os.pwrite(file.fileno(), data, at) != len(data):
+                raise OSError(f"{self.path}: short write")
+
 
 def _create_zarr(
     tmp: Path,
@@ -225,9 +282,11 @@ def _create_zarr(
     voxel_size: tuple | None,
     info: str | None,
     chunk: int = ZARR_TILE,
+    name: str | None = None,
 ) -> Any:
     """OME-Zarr (NGFF 0.4, zarr v2) with one slice per chunk, so streaming reads one chunk; the
-    lower pyramid levels the metadata lists are written on close (`write_pyramid`)."""
+    lower pyramid levels the metadata lists are written on close (`write_pyramid`). `name` (the
+    output's) goes into the metadata; by default it is read off the temporary name."""
     import zarr
 
     root = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
@@ -240,13 +299,28 @@ def _create_zarr(
         fill_value=0,
         chunk_key_encoding={"name": "v2", "separator": "/"},
     )
-    name = tmp.name.split(".tmp-")[0].lstrip(".")
+    name = name or tmp.name.split(".tmp-")[0].lstrip(".")
     root.attrs["multiscales"] = [multiscales_attrs(name, layout.axes, voxel_size, layout.scales)]
     if layout.channels:
         root.attrs["omero"] = omero_attrs(layout.channels, dtype)
     if info:
         root.attrs["dqlr"] = {"info": info}
     return array
+
+
+def _reopen_zarr(tmp: Path, layout: Layout, dtype: np.dtype, chunk: int) -> Any:
+    """The level-0 array of a partial store at `tmp` when it fits (shape, dtype, chunks), else None."""
+    if not looks_like_zarr(tmp):
+        return None
+    import zarr
+
+    try:
+        array: Any = zarr.open_group(str(tmp), mode="r+")["0"]
+    except Exception:  # anything unreadable is made anew
+        return None
+    chunks = tuple(min(n, chunk) if a in "YX" else 1 for a, n in zip(layout.axes, layout.shape, strict=True))
+    fits = array.shape == layout.shape and array.dtype == dtype and tuple(array.chunks) == chunks
+    return array if fits else None
 
 
 def _output_layout(

@@ -180,7 +180,10 @@ def enhance_files(
     # "auto" means the CPU here: the client's GPU says nothing about the workers'
     loaded = as_model(model, "cpu" if options.device == "auto" else options.device)
     _prepare_graph(loaded, options)
-    shared = client.scatter(loaded, broadcast=True)  # one copy per worker, not one per task
+    # The model is the result of a task, not scattered data: each worker fetches it once, and when
+    # the workers holding it are lost (killed, or restarted by their nanny for memory) the scheduler
+    # computes it again from the task; scattered data would be gone and every task needing it cancelled.
+    shared = client.submit(_the_model, loaded, pure=False)
     chunk = min(block, ZARR_CHUNK)
     block = max(block // chunk * chunk, chunk)
     sources = {i: Source(files[i], channel, timepoint) for i in todo}
@@ -217,6 +220,10 @@ def enhance_files(
     for i in todo:
         _remove_leftovers(targets[i], options.predict_next)
     return [o for o in outcomes if o is not None]
+
+
+def _the_model(model: LoadedModel) -> LoadedModel:
+    return model
 
 
 def _prepare_graph(model: LoadedModel, options: EnhanceOptions) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the ONNX step graph of every shipped model beside its weights (dqlr_*.onnx).
 
-    .venv/bin/python scripts/export_shipped_graphs.py
+    .venv/bin/python scripts/export_shipped_graphs.py [WEIGHTS.pt ...]   (default: the shipped ones)
 
 Enhancement on a CPU runs the network on ONNX Runtime (dqlr.model.graph). A model without a
 graph is exported when first used (about 1.5 s); shipping the graphs saves every run that time.
@@ -12,6 +12,7 @@ graphs against their weights.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from dqlr.atomic import write_bytes
@@ -20,8 +21,7 @@ from dqlr.model.graph import export_step_graph
 
 
 def main() -> None:
-    for name in SHIPPED:
-        weights = shipped_model_path(name)
+    for weights in sys.argv[1:] or [shipped_model_path(name) for name in SHIPPED]:
         model = load_model(weights)
         target = Path(weights).with_suffix(".onnx")
         write_bytes(target, export_step_graph(model.network, model.meta["sha256"]))

@@ -128,7 +128,7 @@ def main() -> None:
         deep = dqlr.evaluate(result, reference=plant.clean)["result"]["thirds"]
         rows[name] = {
             "base_channels": model.config.model.base_channels,
-            "training_steps": model.meta.get("step"),
+            "training_steps": model.meta.get("step"),  # the distilled: after the from-scratch run's
             "teacher": "shipped default" if path == DISTILLED else None,
             "psnr_deep": deep["psnr"]["deep"],
             "ssim_deep": deep["ssim"]["deep"],
@@ -152,7 +152,8 @@ def main() -> None:
         "| s per 512 x 512 slice (ONNX Runtime) |",
         "|---|---|---|---|---|---|---|",
         *(
-            f"| {n} | {r['base_channels']} | {r['training_steps']} | {r['psnr_deep']:.2f} | "
+            f"| {n} | {r['base_channels']} | {'+' if r['teacher'] else ''}{r['training_steps']} | "
+            f"{r['psnr_deep']:.2f} | "
             f"{r['psnr_deep'] - default['psnr_deep']:+.2f} | {r['ssim_deep']:.3f} | "
             f"{r['seconds_per_512_slice']:.3f} |"
             for n, r in rows.items()

@@ -162,8 +162,10 @@ def test_pairs_come_only_from_stacks_whose_blur_was_measured() -> None:
     assert set(estimates) == {id(plant), id(grid)}  # each estimated once
 
 
-def test_adapt_sees_the_stack_as_enhance_does(tmp_path) -> None:
-    """A bottom-up stack at 0.125 µm pixels: adapt trains on it turned over and at the model's 0.25 µm."""
+@pytest.mark.parametrize("given", ["array", "stack"])
+def test_adapt_sees_the_stack_as_enhance_does(tmp_path, given) -> None:
+    """A bottom-up stack at 0.125 µm pixels: adapt trains on it turned over and at the model's 0.25 µm.
+    Given as an array the voxel size comes from the options; as a read Stack, with the stack."""
     init = save_tiny_model(tmp_path / "tiny.pt", tiny_config())
     state = read_checkpoint(init.path)
     state["voxel_size"] = [1.0, 0.25, 0.25]
@@ -173,9 +175,15 @@ def test_adapt_sees_the_stack_as_enhance_does(tmp_path) -> None:
     torch.save(state, torch_path)
     fine = simulate_plant(shape=(16, 192, 192), voxel_size=(1.0, 0.125, 0.125), seed=9).observed
     options = dqlr.EnhanceOptions(voxel_size=(1.0, 0.125, 0.125))
+    stack: object = fine[::-1]
+    if given == "stack":
+        stack = dqlr.read_stack(
+            dqlr.write_stack(tmp_path / "fine.tif", fine[::-1], voxel_size=(1.0, 0.125, 0.125))
+        )
+        options = dqlr.EnhanceOptions()
     result, notes = notes_of(
         dqlr.adapt,
-        [fine[::-1]],
+        stack,
         tmp_path / "adapted",
         str(torch_path),
         minutes=0.03,

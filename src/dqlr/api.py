@@ -159,9 +159,12 @@ def adapt(
     start = as_model(model, "cpu")
     trained = start.meta.get("voxel_size")
     prepared: list[StackLike | Stack] = []
-    for stack in [stacks] if isinstance(stacks, str | Path | np.ndarray) else stacks:
+    for stack in [stacks] if isinstance(stacks, str | Path | np.ndarray | Stack) else stacks:
         if isinstance(stack, np.ndarray):
             data, voxel_size, name = stack, options.voxel_size, "input stack"
+        elif isinstance(stack, Stack):  # as read_stack gives it: its voxel size comes along
+            data, voxel_size = stack.data, options.voxel_size or stack.voxel_size
+            name = stack.path or "input stack"
         else:
             read = _read_stack(stack, lazy=True)
             data, voxel_size, name = read.data, options.voxel_size or read.voxel_size, str(stack)

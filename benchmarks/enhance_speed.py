@@ -129,8 +129,23 @@ def steps(stack: np.ndarray, model: LoadedModel) -> list[tuple[str, str, float, 
         finally:
             noise.NOISE_PIXELS = saved
 
+    def whole_or_blur(blur_only: bool) -> float:
+        from dqlr.degradation import estimate_degradation
+
+        reference = model.config.depth_aware.reference_fraction
+        started = time.perf_counter()
+        estimate_degradation(stack, reference_fraction=reference, blur_only=blur_only)
+        return time.perf_counter() - started
+
     return [
         ("network on ONNX Runtime instead of torch (40 slices)", "s", network("torch"), network("onnx")),
+        (
+            "depth estimate: the blur alone (same curve and notes), not the whole estimate of "
+            "`dqlr estimate` (halo and attenuation too; the halo was skipped before as well)",
+            "s",
+            whole_or_blur(False),
+            whole_or_blur(True),
+        ),
         (
             "noise fit on 8 slices of 512 x 512 instead of 32 (depth estimate)",
             "s",

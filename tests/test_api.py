@@ -1,4 +1,4 @@
-"""The public API: eight functions, always functions, callable twice, and the README's code runs."""
+"""The public API: eleven functions, always functions, callable twice, and the README's code runs."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ FUNCTIONS = (
     "simulate",
     "estimate",
     "evaluate",
+    "export",
     "load_model",
 )
 

@@ -154,3 +154,17 @@ def test_export_refuses_an_output_that_is_not_a_zip_or_exists(
     assert ".zip" in capsys.readouterr().err
     assert main([*args, "-o", str(made["package"])]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_export_in_python_is_the_command(made: dict[str, Any], tmp_path: Path) -> None:
+    """dqlr.export writes what `dqlr export` writes (the same files, the same curve) and gives the
+    example's notes as DqlrWarnings; an unknown format is one line."""
+    import dqlr
+
+    with pytest.warns(dqlr.DqlrWarning):  # the example is flat: no trend with depth to condition on
+        path = dqlr.export(made["model"], tmp_path / "api.zip", stack=made["example"], test=False)
+    with zipfile.ZipFile(path) as ours, zipfile.ZipFile(made["package"]) as theirs:
+        assert sorted(ours.namelist()) == sorted(theirs.namelist())
+    assert _rdf(path)["inputs"] == _rdf(made["package"])["inputs"]
+    with pytest.raises(DqlrError, match="unknown format 'onnx'"):
+        dqlr.export(made["model"], tmp_path / "other.zip", format="onnx")  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """dqlr: restore the deep, degraded slices of confocal z-stacks with DQLR.
 
-The public API is ten functions of the same shape as the command line, plus the settings types:
+The public API is eleven functions of the same shape as the command line, plus the settings types:
 
     stack = dqlr.read_stack("my_stack.tif")
     result = dqlr.enhance(stack.data)
@@ -18,6 +18,7 @@ from dqlr.api import (
     enhance_files,
     estimate,
     evaluate,
+    export,
     load_model,
     read_stack,
     simulate,
@@ -43,6 +44,7 @@ __all__ = [
     "enhance_files",
     "estimate",
     "evaluate",
+    "export",
     "load_model",
     "read_stack",
     "simulate",

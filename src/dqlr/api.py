@@ -275,3 +275,44 @@ def load_model(path: PathLike | None = None, device: str = "cpu") -> LoadedModel
     from dqlr.runtime import pick_device
 
     return _load_model(path, device=pick_device(device))
+
+
+def export(
+    model: LoadedModel | PathLike | None,
+    output: PathLike,
+    format: Literal["bioimageio"] = "bioimageio",
+    stack: PathLike | np.ndarray | None = None,
+    *,
+    voxel_size: tuple[float, float, float] | None = None,
+    name: str = "DQLR z-stack restoration",
+    authors: list[str] | None = None,
+    license: str = "BSD-3-Clause",
+    force: bool = False,
+    test: bool = True,
+) -> Path:
+    """Share a model outside dqlr: a bioimage.io package (.zip) that bioimage.io tools run, made
+    from `model` (None: the shipped default) with `stack` as its example (default: a simulated one;
+    a depth-aware model's package carries the blur curve estimated on it). With `test`,
+    bioimageio.core's own test runs on the package. What the example showed comes as DqlrWarnings.
+    """
+    import warnings
+
+    from dqlr.errors import DqlrError, DqlrWarning
+    from dqlr.inference.export import export_bioimageio
+
+    if format != "bioimageio":
+        raise DqlrError(f"export: unknown format '{format}'; use bioimageio")
+    path, notes = export_bioimageio(
+        model,
+        output,
+        stack,
+        voxel_size=voxel_size,
+        name=name,
+        authors=authors,
+        license=license,
+        force=force,
+        test=test,
+    )
+    for note in notes:
+        warnings.warn(note, DqlrWarning, stacklevel=2)
+    return path

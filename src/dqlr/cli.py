@@ -251,11 +251,12 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from dqlr.inference.export import export_bioimageio
+    from dqlr.api import export
 
-    path, notes = export_bioimageio(
+    path = export(
         args.model,
         args.output,
+        args.format,
         args.stack,
         name=args.name,
         authors=args.author,
@@ -263,8 +264,6 @@ def _export(args: argparse.Namespace) -> None:
         force=args.force,
         test=args.test,
     )
-    for note in notes:
-        print(f"dqlr: note: {note}", file=sys.stderr)
     tested = "validated and tested by bioimageio.core" if args.test else "validated; not test-run"
     print(f"bioimage.io package: {path} ({tested})")
 

@@ -266,7 +266,7 @@ def estimate_degradation(
 
     reliable, blur_notes = assess_blur(s2, weight, s2_error, stop)
     halo_noted = bool(refs and depths) or stop >= n_z or blur_only  # skipped on purpose: no note
-    notes += _tissue_notes(area, ref_ok.any(), halo_noted) + blur_notes
+    notes += _tissue_notes(area, bool(ref_ok.any()), halo_noted) + blur_notes
     if reliable and not (blur.any() or halo_fraction.any() or (attenuation < 1).any()):
         notes.append("no degradation with depth found: every slice is like the reference")
     return DepthDegradation(

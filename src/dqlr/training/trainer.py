@@ -187,7 +187,7 @@ class Trainer:
         if self.teacher is None:
             return batch.targets
         with torch.no_grad():
-            outputs, _, _ = self.teacher(batch.inputs, batch.tops, batch.condition)
+            outputs: torch.Tensor = self.teacher(batch.inputs, batch.tops, batch.condition)[0]
         return outputs.float()
 
     def _build_data(self) -> None:

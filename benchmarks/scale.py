@@ -167,7 +167,7 @@ def grown(high: dict[str, Any], limit_mb: float) -> str:
     """What to say when the worker peak grew with the depth."""
     peak = max(high["worker_peak_rss_mb"])
     over = f", above the workers' limit of {limit_mb:.0f} MB" if peak > limit_mb else ""
-    return f", to {peak:.0f} MB{over}. That growth is not explained yet (issue 17's note: what was ruled out)."
+    return f", to {peak:.0f} MB{over}. Why is not known yet (issue 17's note: what was ruled out)."
 
 
 def report(result: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ import pytest
 
 from dqlr.cli import main
 from dqlr.evaluation.baselines import gaussian_smoothing
+from dqlr.evaluation.metrics import evaluate
 from dqlr.io import write_stack
 from dqlr.reporting.report import build_report
 from dqlr.simulation import simulate_plant
@@ -104,3 +105,28 @@ def test_per_slice_contrast_does_not_blow_up_an_empty_slice() -> None:
     dim = 100 + 300 * (rng.random((64, 64)) > 0.8)  # dim deep slice: membranes at a third of the range
     low, high = _slice_range(dim, stack_range)
     assert (low, high) == pytest.approx(tuple(np.percentile(dim, [0.5, 99.8])))
+
+
+def test_report_with_labels_shows_cells_found_by_depth_and_overlays(tmp_path, capsys) -> None:
+    """With true labels: the summary's cells found per third equal `evaluate`'s, and two figures
+    more (by depth, overlays); through `dqlr report --labels` too, which refuses labels of another
+    shape."""
+    plant = simulate_plant(shape=(6, 64, 64), seed=3)
+    smoothed = gaussian_smoothing(plant.observed, 1.0)
+    path = build_report(
+        {"input": plant.observed, "smoothed": smoothed}, tmp_path / "r.html", labels=plant.labels
+    )
+    page = path.read_text()
+    assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", page)) == 5  # 3 without labels
+    assert "cells found deep" in page and "Rand error deep" in page and "true cells they miss" in page
+    for stack in (plant.observed, smoothed):
+        deep = evaluate(stack, labels=plant.labels)["result"]["thirds"]["matched"]["deep"]
+        assert f"<td>{deep:.3f}</td>" in page
+    write_stack(tmp_path / "raw.tif", plant.observed)
+    write_stack(tmp_path / "labels.tif", plant.labels)
+    write_stack(tmp_path / "short.tif", plant.labels[:4])
+    args = ["report", str(tmp_path / "raw.tif"), "--result", f"same={tmp_path / 'raw.tif'}", "-o"]
+    assert main([*args, str(tmp_path / "a.html"), "--labels", str(tmp_path / "labels.tif")]) == 0
+    assert "cells found deep" in (tmp_path / "a.html").read_text()
+    assert main([*args, str(tmp_path / "b.html"), "--labels", str(tmp_path / "short.tif")]) == 2
+    assert "labels: shape (4, 64, 64) differs" in capsys.readouterr().err

@@ -185,7 +185,7 @@ def _report(args: argparse.Namespace) -> None:
         if not sep:
             raise DqlrError(f"--result {item}: write it as NAME=PATH, e.g. dqlr=enhanced.tif")
         results[name] = path
-    path = report_files(args.input, results, args.output, args.reference, args.force)
+    path = report_files(args.input, results, args.output, args.reference, args.force, labels=args.labels)
     print(f"report: {path}")
 
 
@@ -443,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a result to compare (repeat), e.g. --result dqlr=enhanced.tif",
     )
     p.add_argument("--reference", type=Path, help="clean stack (simulations)")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        help="true cell labels (simulations): segment every slice, plot the cells found by depth, overlays",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="report .html")
     p.add_argument("--force", action="store_true", help="overwrite an existing report")
     p.set_defaults(run=_report)

@@ -63,9 +63,14 @@ def per_slice(result: np.ndarray, reference: np.ndarray) -> dict[str, np.ndarray
 
 
 def thirds(values: np.ndarray) -> dict[str, float]:
-    """Mean over the top, middle and deepest third of the slices."""
+    """Mean over the top, middle and deepest third of the slices. NaN marks a slice without a value
+    (a segmentation score where the slice has no true cell, e.g. above the tissue) and is left out;
+    a third without any value is NaN."""
     parts = np.array_split(np.asarray(values, np.float64), 3)
-    return {name: float(part.mean()) for name, part in zip(("top", "middle", "deep"), parts, strict=True)}
+    return {
+        name: float(part[~np.isnan(part)].mean()) if (~np.isnan(part)).any() else float("nan")
+        for name, part in zip(("top", "middle", "deep"), parts, strict=True)
+    }
 
 
 # ------------------------------------------------------------------------------- no reference

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -123,6 +124,53 @@ def depth_plot(curves: Mapping[str, Mapping[str, np.ndarray]], path: str | Path)
         ax.set_title(measure)
     axes[0, 0].legend(fontsize=7)
     return save_figure(fig, path)
+
+
+def segmentation_figure(
+    stacks: Mapping[str, np.ndarray],
+    segments: Mapping[str, Mapping[int, np.ndarray]],
+    labels: np.ndarray,
+    path: str | Path,
+) -> Path:
+    """Overlays: one row per segmented slice, one column per stack; the segments' outlines (cyan) on
+    the slice and the true cells they miss (IoU < 0.5) filled red, so one sees where cells are lost."""
+    from skimage.segmentation import find_boundaries
+
+    from dqlr.evaluation.segmentation import matched_cells
+
+    names = list(stacks)
+    slices = sorted(next(iter(segments.values())))
+    depth = labels.shape[0]
+    fig = Figure(figsize=(3.2 * len(names), 3.2 * len(slices)))
+    axes = fig.subplots(len(slices), len(names), squeeze=False)
+    for row, z in enumerate(slices):
+        truth = np.asarray(labels[z])
+        cells = np.unique(truth[truth > 0])
+        for col, name in enumerate(names):
+            image = np.asarray(stacks[name][z], dtype=np.float32)
+            found = segments[name][z]
+            hits = matched_cells(truth, found)
+            missed = (truth > 0) & ~np.isin(truth, hits)
+            ax = axes[row, col]
+            ax.imshow(
+                image,
+                cmap="gray",
+                vmin=float(np.percentile(image, 0.5)),
+                vmax=float(np.percentile(image, 99.8)),
+            )
+            ax.imshow(np.ma.masked_where(~missed, missed), cmap=ListedColormap(["red"]), alpha=0.45)
+            outline = find_boundaries(found, mode="inner") & (found > 0)
+            ax.imshow(
+                np.ma.masked_where(~outline, outline), cmap=ListedColormap(["cyan"]), interpolation="nearest"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(f"{len(hits)} of {len(cells)} cells found", fontsize=9)
+            if row == 0:
+                ax.set_title(textwrap.fill(name, 28), fontsize=10)
+            if col == 0:
+                ax.set_ylabel(f"slice {z + 1}/{depth}")
+    return save_figure(fig, path, dpi=100)
 
 
 def degradation_figure(degradation: Any, path: str | Path, truth: Mapping | None = None) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dqlr.atomic import refuse_existing, write_text
-from dqlr.reporting.figures import depth_plot, slice_figure
+from dqlr.reporting.figures import depth_indices, depth_plot, segmentation_figure, slice_figure
 
 
 def _png_data_uri(path: Path) -> str:
@@ -35,6 +35,32 @@ def _table_html(rows: list[dict[str, object]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+_SCORE_NAMES = {
+    "matched": "cells found",
+    "rand_error": "Rand error",
+    "split": "split cells",
+    "merged": "merged cells",
+}
+
+
+def _segmentation(
+    stack: np.ndarray, labels: np.ndarray, shown: list[int]
+) -> tuple[dict[str, np.ndarray], dict[int, np.ndarray]]:
+    """Per-slice segmentation scores of a stack against true labels (named for the page), and its
+    segments of the slices in `shown`."""
+    from dqlr.evaluation.segmentation import segment_slice, slice_scores
+
+    scores: dict[str, list[float]] = {name: [] for name in _SCORE_NAMES.values()}
+    segments = {}
+    for z in range(stack.shape[0]):
+        found = segment_slice(np.asarray(stack[z], np.float64))
+        for key, value in slice_scores(np.asarray(labels[z]), found).items():
+            scores[_SCORE_NAMES[key]].append(value)
+        if z in shown:
+            segments[z] = found
+    return {name: np.array(values) for name, values in scores.items()}, segments
+
+
 def build_report(
     stacks: Mapping[str, np.ndarray],
     path: str | Path,
@@ -44,6 +70,7 @@ def build_report(
     pairs: Mapping[str, tuple[str, str]] | None = None,
     made: Mapping[str, str] | None = None,
     files: Mapping[str, str] | None = None,
+    labels: np.ndarray | None = None,
 ) -> Path:
     """One self-contained HTML file (PNG figures inlined) comparing stacks of the same scene.
 
@@ -52,7 +79,10 @@ def build_report(
     version, the model, and every note on what differed from the model's assumptions).
     `stacks` maps a method name to its stack; the first is taken as the input. `pairs` adds
     two-column figures such as {"without vs with quantization": ("ablation", "DQLR")}. With a clean
-    `reference`, PSNR and SSIM by depth are shown; the no-reference measures always are.
+    `reference`, PSNR and SSIM by depth are shown; the no-reference measures always are. With true
+    cell `labels`, every slice of every stack is segmented (dqlr.evaluation.segmentation): the
+    cells found (IoU >= 0.5), Rand error, split and merged cells by depth, and overlays of the
+    segments on the top, middle and deepest slice with the cells they miss.
     """
     from dqlr.evaluation.metrics import no_reference, per_slice, thirds
 
@@ -60,6 +90,9 @@ def build_report(
     names = list(stacks)
     first = names[0]
     curves: dict[str, dict[str, np.ndarray]] = {}
+    cells: dict[str, dict[str, np.ndarray]] = {}
+    segments: dict[str, dict[int, np.ndarray]] = {}
+    overlaid = depth_indices(next(iter(stacks.values())).shape[0])
     rows = []
     for name, stack in stacks.items():
         values = dict(no_reference(stack))
@@ -71,6 +104,12 @@ def build_report(
             parts = thirds(per_depth)
             row[f"{measure} top"] = parts["top"]
             row[f"{measure} deep"] = parts["deep"]
+        if labels is not None:
+            cells[name], segments[name] = _segmentation(stack, labels, overlaid)
+            for measure in ("cells found", "Rand error"):
+                parts = thirds(cells[name][measure])
+                row[f"{measure} top"] = parts["top"]
+                row[f"{measure} deep"] = parts["deep"]
         rows.append(row)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
@@ -90,6 +129,13 @@ def build_report(
             side["clean reference"] = reference
         figures["All methods side by side"] = slice_figure(side, tmp_dir / "all.png", per_slice_contrast=True)
         figures["Quality by depth"] = depth_plot(curves, tmp_dir / "depth.png")
+        if labels is not None:
+            figures[
+                "Segmentation by depth against the true cells (seeded watershed; cells found at IoU >= 0.5)"
+            ] = depth_plot(cells, tmp_dir / "cells.png")
+            figures["Segments (cyan) on the top, middle and deepest slice; true cells they miss in red"] = (
+                segmentation_figure(stacks, segments, labels, tmp_dir / "overlays.png")
+            )
         sections = "".join(
             f"<figure><img alt='{html.escape(c)}' src='{_png_data_uri(p)}'>"
             f"<figcaption>{html.escape(c)}</figcaption></figure>"
@@ -108,6 +154,11 @@ def build_report(
         if reference is not None
         else "No clean reference: sharpness, membrane contrast and noise level by depth. "
     )
+    if labels is not None:
+        note += (
+            "Cells found: the share of the true cells a standard seeded-watershed segmentation of each "
+            "slice matches at IoU >= 0.5 (adapted Rand error: lower is better). "
+        )
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}
@@ -136,8 +187,10 @@ def report_files(
     reference: str | Path | None = None,
     force: bool = False,
     title: str = "dqlr report",
+    labels: str | Path | None = None,
 ) -> Path:
-    """Read the input, each named result and an optional clean reference; write the HTML report."""
+    """Read the input, each named result, an optional clean reference and optional true cell labels
+    (segmentation scores and overlays by depth); write the HTML report."""
     from dqlr.errors import DqlrError
     from dqlr.io import read_stack
 
@@ -154,7 +207,11 @@ def report_files(
         if read.info:
             made[name] = read.info
     clean = read_stack(reference).data if reference is not None else None
-    for name, stack in {**stacks, **({"reference": clean} if clean is not None else {})}.items():
+    cells = read_stack(labels).data if labels is not None else None
+    if labels is not None:
+        files["labels"] = str(labels)
+    others = {"reference": clean, "labels": cells}
+    for name, stack in {**stacks, **{k: v for k, v in others.items() if v is not None}}.items():
         if stack.shape != stacks["input"].shape:
             raise DqlrError(f"{name}: shape {stack.shape} differs from the input's {stacks['input'].shape}")
-    return build_report(stacks, output, clean, title=title, made=made, files=files)
+    return build_report(stacks, output, clean, title=title, made=made, files=files, labels=cells)

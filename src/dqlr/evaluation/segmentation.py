@@ -19,7 +19,7 @@ yardstick for raw, smoothed and enhanced stacks alike. Seeds from a distance tra
 thresholded interior, a ridge-filter (Sato) boundary map and a compact watershed were tried on the
 validation plant as well and found no more cells (within a point), so the plain one stays.
 
-What no per-slice segmentation finds: about 8 % of the true cells of a deep slice are under 20 px
+What no per-slice segmentation finds: 8-10 % of the true cells of a deep slice are under 20 px
 (the slice grazes them), and cells cut where walls lie nearly flat in the slice sit under a bright
 band instead of inside walls. Even one seed per true cell, placed by the labels, finds about 85 %
 of the cells of a clean deep slice.

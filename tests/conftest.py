@@ -11,6 +11,18 @@ import torch
 from dqlr.config import Config
 
 
+class RecordedReads:
+    """An array that notes the shape of every read from it, to check what a lazy reader reads."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype = data, data.shape, data.dtype
+        self.reads: list[tuple[int, ...]] = []
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        self.reads.append(np.asarray(self.data[key]).shape)
+        return self.data[key]
+
+
 def tiny_config(**model: object) -> Config:
     """A model small enough to train for a few dozen steps in seconds."""
     config = Config()

@@ -29,7 +29,7 @@ from dqlr.io import Layout, StackWriter, plane_index, read_stack, write_stack
 from dqlr.model.checkpoint import load_model
 from dqlr.normalize import fit_normalization
 from dqlr.simulation import simulate_plant
-from tests.conftest import save_tiny_model
+from tests.conftest import RecordedReads, save_tiny_model
 
 SMALL_TILES = {"tile": 32, "overlap": 8}  # several tiles per slice, so blocks have real halos
 
@@ -74,24 +74,16 @@ def test_a_window_equals_that_part_of_the_whole_slice_and_reads_only_its_box(mod
     stack = simulate_plant(shape=(3, 100, 200), seed=4).observed
     norm, options = fit_normalization(stack), EnhanceOptions(**SMALL_TILES)
     whole = np.stack([s for s, _, _ in iter_enhanced(stack, model, norm, options)])
-    reads: list[tuple[int, ...]] = []
-
-    class Recorded:  # an array that notes the shape of every read
-        shape, dtype = stack.shape, stack.dtype
-
-        def __getitem__(self, key):
-            reads.append(np.asarray(stack[key]).shape)
-            return stack[key]
-
+    recorded = RecordedReads(stack)
     pieced = np.zeros_like(whole)
     for y in range(0, 100, 64):
         for x in range(0, 200, 64):
             window = (slice(y, min(y + 64, 100)), slice(x, min(x + 64, 200)))
-            for z, (part, _, _) in enumerate(iter_enhanced(Recorded(), model, norm, options, window=window)):
+            for z, (part, _, _) in enumerate(iter_enhanced(recorded, model, norm, options, window=window)):
                 pieced[(z, *window)] = part
     assert np.allclose(pieced, whole, atol=1e-5)
     # a 64-px block reads at most its tiles' box (64 px and a 32-px tile each side), not the slice
-    assert max(h * w for h, w in reads) <= (64 + 2 * 32) ** 2 < 100 * 200
+    assert max(h * w for h, w in recorded.reads) <= (64 + 2 * 32) ** 2 < 100 * 200
 
 
 def test_files_on_the_cluster_equal_the_serial_run(model_file, client, folder, tmp_path) -> None:

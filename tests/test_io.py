@@ -20,6 +20,7 @@ from dqlr.io import (
     stack_format,
     write_stack,
 )
+from tests.conftest import RecordedReads
 
 VOXEL = (0.7, 0.13, 0.11)
 NAMES = ["stack.tif", "stack.ome.tif", "stack.zarr"]
@@ -615,18 +616,10 @@ def test_a_crop_of_every_slice_of_a_view_reads_and_keeps_only_the_crop() -> None
     """A crop through all slices (the depth estimate's) must not hold whole slices: on a
     64 x 4096 x 4096 volume that was the whole volume in memory. Flipped and resized views too."""
     data = np.random.default_rng(0).random((5, 60, 80)).astype(np.float32)
-    reads: list[tuple[int, ...]] = []
-
-    class Recorded:  # an array that notes the shape of every read
-        shape, dtype = data.shape, data.dtype
-
-        def __getitem__(self, key):
-            reads.append(np.asarray(data[key]).shape)
-            return data[key]
-
-    crop = StackView(Recorded(), flip=True)[:, 10:30, 20:60]
+    recorded = RecordedReads(data)
+    crop = StackView(recorded, flip=True)[:, 10:30, 20:60]
     assert np.array_equal(crop, data[::-1, 10:30, 20:60])
-    assert reads == [(20, 40)] * 5
+    assert recorded.reads == [(20, 40)] * 5
     resized = StackView(data, zoom=0.5)[1:3, 5:10, 5:10]
     assert resized.shape == (2, 5, 5)
     assert np.array_equal(StackView(data, start=1, stop=4)[2], data[3])

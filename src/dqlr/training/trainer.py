@@ -17,6 +17,7 @@ inside scoped contexts and is restored afterwards.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -170,16 +171,17 @@ class Trainer:
         """Train against a trained model's outputs on the same windows instead of the windows' own
         slices (distillation: a smaller, faster network learns what a larger one does; still no
         clean data). The teacher must read the depth condition as this run does."""
+        theirs, ours = model.config.depth_aware, self.config.depth_aware
+        meaning = ("reference_fraction", "condition_scale_px")  # what a level means to the network
         if model.config.conditioned != self.config.conditioned or (
-            self.config.conditioned and model.config.depth_aware != self.config.depth_aware
+            self.config.conditioned and any(getattr(theirs, k) != getattr(ours, k) for k in meaning)
         ):
             raise DqlrError(
                 f"--teacher {name}: its mode or depth settings differ from this run's; a teacher must "
                 "read the depth condition as the trained model will"
             )
-        teacher = build_network(model.config).to(self.device)
-        teacher.load_state_dict(model.network.state_dict())
-        self.teacher = teacher.eval().requires_grad_(False)
+        teacher = copy.deepcopy(model.network)  # no fresh weights drawn: the random streams stay
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.teacher_name = name
 
     def _targets(self, batch: Batch) -> torch.Tensor:

@@ -11,6 +11,37 @@ import torch
 from dqlr.config import Config
 
 
+def imagej_luts() -> list[np.ndarray]:
+    """Magenta and green lookup tables, for the two channels of write_imagej_hyperstack."""
+    from dqlr.io import Channel
+
+    return [Channel.lut_of("FF00FF"), Channel.lut_of("00FF00")]
+
+
+def write_imagej_hyperstack(
+    path: Path, tzcyx: np.ndarray, pixel_um: float, spacing_um: float, ranges: tuple, info: str
+) -> None:
+    """A 2-channel ImageJ hyperstack (TZCYX) with display ranges, LUTs, slice labels and Info."""
+    import tifffile
+
+    t, z, c = tzcyx.shape[:3]
+    tifffile.imwrite(
+        path,
+        tzcyx,
+        imagej=True,
+        resolution=(1 / pixel_um, 1 / pixel_um),
+        metadata={
+            "axes": "TZCYX",
+            "spacing": spacing_um,
+            "unit": "um",
+            "Ranges": ranges,
+            "LUTs": imagej_luts(),
+            "Labels": [f"t{i} z{j} c{k}" for i in range(t) for j in range(z) for k in range(c)],
+            "Info": info,
+        },
+    )
+
+
 class RecordedReads:
     """An array that notes the shape of every read from it, to check what a lazy reader reads."""
 

@@ -12,10 +12,10 @@ from ome_zarr.writer import write_multiscale
 
 from dqlr.cli import main
 from dqlr.inference.enhance import enhance_file
-from dqlr.io import Channel, read_layout, read_stack
+from dqlr.io import read_layout, read_stack
 from dqlr.io.pyramid import block_mean
 from dqlr.model.checkpoint import LoadedModel, load_model
-from tests.conftest import save_tiny_model
+from tests.conftest import imagej_luts, save_tiny_model, write_imagej_hyperstack
 
 
 @pytest.fixture(scope="module")
@@ -40,27 +40,10 @@ def _four_stacks() -> np.ndarray:
     return np.stack([first, first + noise])
 
 
-def _luts() -> list[np.ndarray]:
-    return [Channel.lut_of("FF00FF"), Channel.lut_of("00FF00")]
-
-
 def _imagej_input(path) -> np.ndarray:
     data = _four_stacks()
-    tifffile.imwrite(
-        path,
-        data.transpose(0, 2, 1, 3, 4),  # ImageJ's TZCYX
-        imagej=True,
-        resolution=(1 / 0.35, 1 / 0.35),
-        metadata={
-            "axes": "TZCYX",
-            "spacing": 0.8,
-            "unit": "um",
-            "Ranges": (0.0, 900.0, 0.0, 450.0),
-            "LUTs": _luts(),
-            "Labels": [f"t{t} z{z} c{c}" for t in range(2) for z in range(6) for c in range(2)],
-            "Info": "sample = SAM 3",
-        },
-    )
+    tzcyx = data.transpose(0, 2, 1, 3, 4)  # ImageJ's TZCYX
+    write_imagej_hyperstack(path, tzcyx, 0.35, 0.8, (0.0, 900.0, 0.0, 450.0), "sample = SAM 3")
     return data
 
 
@@ -89,7 +72,7 @@ def test_every_channel_and_time_point_equals_enhancing_each_alone(
             np.testing.assert_array_equal(result[t, c], read_stack(alone).data)
     assert not np.array_equal(result[0, 0], result[0, 1])
     assert meta["Ranges"] == (0.0, 900.0, 0.0, 450.0)
-    np.testing.assert_array_equal(np.asarray(meta["LUTs"]), np.stack(_luts()))
+    np.testing.assert_array_equal(np.asarray(meta["LUTs"]), np.stack(imagej_luts()))
     assert meta["Labels"][:2] == ["t0 z0 c0", "t0 z0 c1"] and len(meta["Labels"]) == 24
     assert meta["Info"].startswith("sample = SAM 3\nenhanced by dqlr")
     assert read_stack(out, channel=1, timepoint=1).voxel_size == pytest.approx((0.8, 0.35, 0.35))

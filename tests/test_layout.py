@@ -5,33 +5,16 @@ import pytest
 import tifffile
 
 from dqlr.errors import DqlrError
-from dqlr.io import Channel, create_stack_writer, read_layout, read_stack
+from dqlr.io import create_stack_writer, read_layout, read_stack
+from tests.conftest import imagej_luts, write_imagej_hyperstack
 
 SHAPE = (2, 6, 2, 32, 32)  # T, Z, C, Y, X: ImageJ's order
-
-
-def _luts() -> list[np.ndarray]:
-    return [Channel.lut_of("FF00FF"), Channel.lut_of("00FF00")]
 
 
 def imagej_hyperstack(path, dtype=np.uint16) -> np.ndarray:
     """A 2-time-point, 2-channel ImageJ hyperstack with ranges, LUTs, labels and Info."""
     data = np.random.default_rng(1).integers(0, 4000, SHAPE).astype(dtype)
-    tifffile.imwrite(
-        path,
-        data,
-        imagej=True,
-        resolution=(1 / 0.4, 1 / 0.4),
-        metadata={
-            "axes": "TZCYX",
-            "spacing": 1.5,
-            "unit": "um",
-            "Ranges": (10.0, 3000.0, 0.0, 4000.0),
-            "LUTs": _luts(),
-            "Labels": [f"t{t} z{z} c{c}" for t in range(2) for z in range(6) for c in range(2)],
-            "Info": "objective = 40x",
-        },
-    )
+    write_imagej_hyperstack(path, data, 0.4, 1.5, (10.0, 3000.0, 0.0, 4000.0), "objective = 40x")
     return data
 
 
@@ -59,7 +42,7 @@ def test_imagej_hyperstack_round_trip_keeps_layout_and_display(tmp_path) -> None
         np.testing.assert_array_equal(tif.asarray(), data)
         meta = tif.imagej_metadata
     assert meta["Ranges"] == (10.0, 3000.0, 0.0, 4000.0)
-    np.testing.assert_array_equal(np.asarray(meta["LUTs"]), np.stack(_luts()))
+    np.testing.assert_array_equal(np.asarray(meta["LUTs"]), np.stack(imagej_luts()))
     assert meta["Labels"][:3] == ["t0 z0 c0", "t0 z0 c1", "t0 z1 c0"] and len(meta["Labels"]) == 24
     assert meta["Info"] == "objective = 40x"
     assert read_stack(tmp_path / "out.tif", channel=1, timepoint=1).voxel_size == pytest.approx(
@@ -113,7 +96,7 @@ def test_imagej_to_zarr_and_back_keeps_ranges_and_colours(tmp_path) -> None:
     _copy(tmp_path / "mid.zarr", tmp_path / "back.tif")
     meta = tifffile.TiffFile(tmp_path / "back.tif").imagej_metadata
     assert meta["Ranges"] == (10.0, 3000.0, 0.0, 4000.0)
-    np.testing.assert_array_equal(np.asarray(meta["LUTs"]), np.stack(_luts()))
+    np.testing.assert_array_equal(np.asarray(meta["LUTs"]), np.stack(imagej_luts()))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "back.tif"), data)
 
 

@@ -234,6 +234,19 @@ def test_make_pairs_shapes_and_determinism(small: SimulatedPlant) -> None:
         make_pairs(small.observed, est, 1, 32, SMALL[0], np.random.default_rng(0))
 
 
+def test_make_pairs_keep_their_crops_inside_the_columns_given(small: SimulatedPlant) -> None:
+    """x is written into every pixel of a stack shaped like the plant: the untouched targets show
+    which columns each crop came from, with tissue centres and without."""
+    est = estimate_degradation(small.observed, small.voxel_size)
+    columns = np.broadcast_to(np.arange(SMALL[2], dtype=np.float64), SMALL)
+    rng = np.random.default_rng(0)
+    for centres in (tissue_centres(small.observed, est, 3), np.zeros((0, 2), np.int64)):
+        _, targets, _ = make_pairs(columns, est, 24, 16, 3, rng, centres, columns=(10, 40))
+        assert targets.min() == 10 and targets.max() == 39
+    with pytest.raises(DqlrError, match="larger than the slices"):
+        make_pairs(columns, est, 1, 16, 3, rng, columns=(10, 20))
+
+
 def test_record_round_trip_and_relative(estimate: DepthDegradation) -> None:
     back = DepthDegradation.from_dict(json.loads(json.dumps(estimate.to_dict())))
     for name in ("blur_sigma_px", "halo_fraction", "attenuation", "background"):

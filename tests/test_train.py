@@ -14,7 +14,7 @@ from dqlr.normalize import fit_normalization
 from dqlr.reporting.figures import CurvePlotter
 from dqlr.training.data import WindowSampler
 from dqlr.training.run import train
-from dqlr.training.trainer import Callback, Trainer
+from dqlr.training.trainer import Callback, Trainer, held_out_split
 from tests.conftest import tiny_config
 
 QUIET = RunOptions(progress=False, device="cpu")
@@ -309,3 +309,34 @@ def test_a_teacher_makes_its_outputs_the_targets(tiny_plants, tmp_path) -> None:
     depth_aware = save_tiny_model(tmp_path / "depth.pt", depth_config)
     with pytest.raises(DqlrError, match="depth"):
         train(tiny_plants[:1], tmp_path / "refused", config, run=QUIET, teacher=depth_aware)
+
+
+# -- a stack that trains and validates (adapt) -----------------------------------------------------
+
+
+def test_windows_stay_inside_their_columns() -> None:
+    """x is written into every pixel: the windows show which columns they came from."""
+    columns = np.broadcast_to(np.arange(80, dtype=np.float32), (10, 30, 80))
+    norm = fit_normalization(columns)
+    sampler = WindowSampler([columns], [norm], targets=2, crop=16, seed=2, columns=[(40, 60)])
+    windows, _ = sampler.sample(64)
+    x = windows.numpy() * (norm.high - norm.low) + norm.low
+    assert x.min() == pytest.approx(40, abs=1e-3) and x.max() == pytest.approx(59, abs=1e-3)
+
+
+def test_a_stack_that_also_validates_keeps_its_validation_columns_apart(recwarn) -> None:
+    plant = dqlr.simulate(shape=(20, 64, 128), seed=31).observed
+    config = tiny_config().with_overrides({"mode": "depth-aware"})
+    trainer = Trainer(config, [plant], plant, QUIET)
+    split = held_out_split(128, 32)
+    assert split == 96  # a quarter of 128 is one crop
+    assert trainer.sampler.columns == [(0, 96)] and trainer.val_columns == (96, 128)
+    assert trainer.pairs is not None and trainer.pairs.columns == [(0, 96)]
+    assert not [w for w in recwarn if issubclass(w.category, dqlr.DqlrWarning)]
+    other = Trainer(config, [plant], plant.copy(), QUIET)  # its own validation stack: all columns
+    assert other.sampler.columns == [None] and other.val_columns is None
+    assert held_out_split(200, 32) == 150 and held_out_split(48, 32) is None
+    with pytest.warns(dqlr.DqlrWarning, match="too narrow to keep columns apart"):
+        narrow_plant = plant[:, :, :48]
+        narrow = Trainer(config, [narrow_plant], narrow_plant, QUIET)
+    assert narrow.sampler.columns == [None] and narrow.val_columns is None

@@ -108,6 +108,7 @@ def make_pairs(
     window: int,
     rng: np.random.Generator,
     centres: np.ndarray | None = None,
+    columns: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training pairs from the sharp upper slices: (degraded, original, target depth).
 
@@ -118,13 +119,15 @@ def make_pairs(
     when there is any, and degraded with a margin so the blur and halo see real neighbours.
     Returns float32 (count, window, crop, crop) twice and int64 depths (count,). `centres`: what
     tissue_centres gives for this stack, degradation and window (computed here when not given).
+    `columns` ([first, stop)) keeps the crops inside that band of x (the blur's margin may reach out).
     """
     data = stack_array(stack)
     n_z, n_y, n_x = data.shape
     if count < 1 or window < 1 or crop < 1:
         raise DqlrError(f"count, window and crop must be at least 1, got {count}, {window}, {crop}")
-    if crop > min(n_y, n_x):
-        raise DqlrError(f"crop {crop} is larger than the slices ({n_y} x {n_x})")
+    x_first, x_stop = columns or (0, n_x)
+    if crop > min(n_y, x_stop - x_first):
+        raise DqlrError(f"crop {crop} is larger than the slices ({n_y} x {x_stop - x_first})")
     if len(degradation.depth_index) != n_z:
         raise DqlrError(f"the degradation has {len(degradation.depth_index)} slices, the stack {n_z}")
     first, stop = _source_range(degradation, window)
@@ -132,6 +135,8 @@ def make_pairs(
         raise DqlrError(f"no slices left below the source slices {first}..{stop - 1} of a {n_z}-slice stack")
     if centres is None:
         centres = tissue_centres(data, degradation, window)
+    if columns is not None:
+        centres = centres[(centres[:, 1] >= x_first) & (centres[:, 1] < x_stop)]
     margin = int(
         math.ceil(3.0 * math.hypot(float(degradation.blur_sigma_px.max()), degradation.halo_sigma_px))
     )
@@ -144,9 +149,9 @@ def make_pairs(
         if len(centres):
             cy, cx = centres[int(rng.integers(len(centres)))]
             y = int(np.clip(cy - crop // 2, 0, n_y - crop))
-            x = int(np.clip(cx - crop // 2, 0, n_x - crop))
+            x = int(np.clip(cx - crop // 2, x_first, x_stop - crop))
         else:
-            y, x = int(rng.integers(0, n_y - crop + 1)), int(rng.integers(0, n_x - crop + 1))
+            y, x = int(rng.integers(0, n_y - crop + 1)), int(rng.integers(x_first, x_stop - crop + 1))
         y0, x0 = max(y - margin, 0), max(x - margin, 0)
         y1, x1 = min(y + crop + margin, n_y), min(x + crop + margin, n_x)
         block = np.asarray(data[start : start + window, y0:y1, x0:x1], dtype=np.float64)

@@ -59,9 +59,11 @@ def adapt(
 ) -> TrainResult:
     """Fine-tune `model` (default: the shipped default) on `stacks` themselves within `minutes`.
 
-    The stacks are training and validation data at once (validation on the first one): the aim
-    is the best model for these stacks, not for others. The model given is validated first
-    (epoch 0), so best.pt is never one that validates worse than it. `minutes` counts training
+    The stacks are training and validation data at once: the aim is the best model for these
+    stacks, not for others. The first one's right-most columns (a quarter, at least one crop; see
+    held_out_split) are kept out of training and validate it, so a model that only learned the
+    training windows by heart does not win. The model given is validated first (epoch 0), so
+    best.pt is never one that validates worse than it on those columns. `minutes` counts training
     from the first step; reading the stacks (and, depth-aware, estimating their degradation) comes
     before. Ctrl-C stops early and keeps best.pt (`result.interrupted`). The run folder `out_dir`
     holds best.pt (the adapted model), last.pt, config.yaml and metrics.csv.

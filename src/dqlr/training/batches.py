@@ -11,7 +11,7 @@ import torch
 from dqlr.config import Config
 from dqlr.degradation import DepthDegradation, estimate_degradation
 from dqlr.normalize import Normalization
-from dqlr.training.data import PairSampler, WindowSampler
+from dqlr.training.data import Columns, PairSampler, WindowSampler
 
 
 @dataclass
@@ -53,21 +53,24 @@ def pair_sampler(
     norms: list[Normalization],
     config: Config,
     estimates: dict[int, DepthDegradation] | None = None,
+    columns: list[Columns] | None = None,
 ) -> PairSampler | None:
     """Estimate each stack's degradation by depth (from the stack alone) and sample pairs from it.
 
     Stacks whose blur by depth could not be measured (estimate not `reliable`) make no pairs: pairs
     from a wrong blur curve would teach the model a wrong condition. None when no stack is left.
     `estimates` caches the estimate per stack object, so a stack that also validates is estimated once.
+    `columns`: the band of x each stack's pairs come from (see WindowSampler).
     """
     settings = config.depth_aware
     estimates = {} if estimates is None else estimates
-    kept: list[tuple[Any, Normalization, DepthDegradation]] = []
-    for stack, norm in zip(stacks, norms, strict=True):
+    bands = columns if columns is not None else [None] * len(stacks)
+    kept: list[tuple[Any, Normalization, DepthDegradation, Columns]] = []
+    for stack, norm, band in zip(stacks, norms, bands, strict=True):
         if id(stack) not in estimates:
             estimates[id(stack)] = estimate_degradation(stack, reference_fraction=settings.reference_fraction)
         if estimates[id(stack)].reliable:
-            kept.append((stack, norm, estimates[id(stack)]))
+            kept.append((stack, norm, estimates[id(stack)], band))
     if not kept:
         return None
     return PairSampler(
@@ -79,6 +82,7 @@ def pair_sampler(
         scale_px=settings.condition_scale_px,
         target_smoothing_px=settings.target_smoothing_px,
         augment=config.data.augment,
+        columns=[k[3] for k in kept],
     )
 
 

@@ -3,6 +3,8 @@
 Windows come from random stacks, depths and positions; crops, flips and 90-degree rotations are
 applied to the whole window alike, and z is never flipped (the recurrence runs top to bottom).
 Stacks may be lazy (memory-mapped TIFF, Zarr): only the window is read, then normalised per stack.
+A sampler may be limited to a band of columns per stack (`Columns`): a stack that both trains and
+validates (adaptation) gives its training windows and its validation windows from separate bands.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 
 from dqlr.normalize import Normalization, normalize
+
+Columns = tuple[int, int] | None  # [first, stop) of the x range windows are taken from; None: all
 
 
 def _read_window(stack: Any, start: int, length: int, y: int, x: int, crop: int) -> np.ndarray:
@@ -47,8 +51,10 @@ class WindowSampler:
         augment: bool = True,
         top_probability: float = 0.1,
         seed: int = 0,
+        columns: Sequence[Columns] | None = None,
     ) -> None:
         self.stacks, self.normalizations = list(stacks), list(normalizations)
+        self.columns = list(columns) if columns is not None else [None] * len(self.stacks)
         self.length = targets + 1
         self.crop, self.augment, self.top_probability = crop, augment, top_probability
         self.rng = np.random.default_rng(seed)
@@ -66,9 +72,10 @@ class WindowSampler:
 
     def _position(self, index: int) -> tuple[int, int, int]:
         depth, height, width = self.stacks[index].shape
+        first, stop = self.columns[index] or (0, width)
         start = int(self.rng.integers(-1, depth - self.length + 1))
         y = int(self.rng.integers(0, max(height - self.crop, 0) + 1))
-        x = int(self.rng.integers(0, max(width - self.crop, 0) + 1))
+        x = int(self.rng.integers(first, max(stop - self.crop, first) + 1))
         return start, y, x
 
     def sample(self, batch: int, keep: range | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,9 +139,11 @@ class PairSampler:
         scale_px: float,
         target_smoothing_px: float = 0.0,
         augment: bool = True,
+        columns: Sequence[Columns] | None = None,
     ) -> None:
         self.stacks, self.normalizations = list(stacks), list(normalizations)
         self.degradations = list(degradations)
+        self.columns = list(columns) if columns is not None else [None] * len(self.stacks)
         self.length, self.crop, self.scale_px = length, crop, scale_px
         self.target_smoothing_px, self.augment = target_smoothing_px, augment
         self._centres: dict[int, np.ndarray] = {}  # per stack: tissue pixels to centre crops on
@@ -163,6 +172,7 @@ class PairSampler:
                 self.length,
                 rng,
                 self._tissue_centres(int(index)),
+                self.columns[int(index)],
             )
             norm = self.normalizations[index]
             degraded, sharp = normalize(degraded, norm), normalize(sharp, norm)

@@ -122,7 +122,8 @@ def train(
     """Train DQLR on noisy stacks alone; writes last.pt, best.pt, config.yaml and metrics.csv.
 
     Validation uses `val_stack`; without one, the last of several training stacks is held out (split
-    by stack, never by slice); a single stack is then used for both, which the log says.
+    by stack, never by slice); a single stack is then used for both, its right-most columns kept
+    out of training for validation (Trainer: held_out_split), which the log says.
     `stop_after_epochs` ends this call early (a time-boxed run) and `resume=True` picks it up; a
     resumed run refuses a config that differs from the saved one. `run` says how to execute (device,
     threads, mixed precision, progress, a time budget); it is never saved. With config.mode
@@ -192,7 +193,7 @@ def _train(
     if val_stack is None and len(stacks) > 1:
         val_stack, stacks = stacks[-1], stacks[:-1]
     elif val_stack is None:
-        val_stack, note = stacks[0], " (single stack: validated on its own slices)"
+        val_stack, note = stacks[0], " (single stack: validated on columns kept out of training)"
     writers: list[Callback] = [CheckpointWriter(run_dir), CsvLogger(run_dir / "metrics.csv"), *callbacks]
     if run.progress:
         writers.append(EpochPrinter())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from dqlr.config import Config, RunOptions
 from dqlr.degradation import DepthDegradation
-from dqlr.errors import DqlrError
+from dqlr.errors import DqlrError, DqlrWarning
 from dqlr.io import Stack, check_stack, read_stack
 from dqlr.model.checkpoint import LoadedModel, build_network
 from dqlr.model.familiarity import METRIC as FAMILIARITY_METRIC
@@ -40,11 +41,27 @@ from dqlr.model.familiarity import quantization_error
 from dqlr.normalize import Normalization, fit_normalization
 from dqlr.runtime import fast_math, own_random_streams, random_state
 from dqlr.training.batches import Batch, pair_batch, pair_sampler, training_batch, window_batch
-from dqlr.training.data import PairSampler, WindowSampler
+from dqlr.training.data import Columns, PairSampler, WindowSampler
 from dqlr.training.distributed import Ranks
 from dqlr.training.losses import dqlr_loss
 
 StackLike = str | Path | np.ndarray | Stack
+HELD_OUT_FRACTION = 0.25  # of a stack's width, for validation when it also trains (adapt)
+
+
+def held_out_split(width: int, crop: int) -> int | None:
+    """Where the validation columns of a stack that also trains begin: its right-most quarter, at
+    least one crop wide, with at least one crop left to train on; None when it is too narrow.
+
+    Validating on the windows it trains on, adaptation kept the fine-tuned model even where it had
+    only learned those windows by heart: on two out-of-domain cases it ended below the model it
+    started from (benchmarks/results/out_of_domain.md). Unseen columns of the same stack measure
+    what the fine-tuning does for the rest of it, and epoch 0 (the model given) competes on them.
+    """
+    held = max(crop, math.ceil(width * HELD_OUT_FRACTION))
+    return width - held if width - held >= crop else None
+
+
 VAL_WINDOW_SEED, VAL_PAIR_SEED = 12345, 54321  # fixed validation windows: comparable across epochs
 
 
@@ -118,9 +135,11 @@ class Trainer:
         self.device = self.ranks.device(self.run.device)  # under torchrun on GPUs: GPU LOCAL_RANK
         self.share = self.ranks.share(config.train.batch_size) if self.ranks.distributed else None
         self.stacks = [load_training_stack(s, config) for s in train_stacks]
-        # a stack that both trains and validates (adapt) is read, normalised and estimated once
-        same = [loaded for given, loaded in zip(train_stacks, self.stacks, strict=True) if given is val_stack]
-        self.val = same[0] if same else load_training_stack(val_stack, config)
+        # a stack that both trains and validates (adapt) is read, normalised and estimated once,
+        # and gives its training and validation windows from separate columns (see _build_data)
+        same = [k for k, given in enumerate(train_stacks) if given is val_stack]
+        self.val_index = same[0] if same else None
+        self.val = self.stacks[same[0]] if same else load_training_stack(val_stack, config)
         self._build_data()
         with own_random_streams(seed=config.train.seed):
             self.network = build_network(config).to(self.device)
@@ -194,8 +213,23 @@ class Trainer:
 
     def _build_data(self) -> None:
         config = self.config
+        train_columns: list[Columns] = [None] * len(self.stacks)
+        val_columns: Columns = None  # None: all columns (a validation stack of its own)
+        if self.val_index is not None:
+            split = held_out_split(int(self.val.data.shape[-1]), config.data.crop)
+            if split is None:
+                warnings.warn(
+                    f"{self.val.name}: too narrow to keep columns apart for validation; the model "
+                    "kept is the one that fits the training windows best",
+                    DqlrWarning,
+                    stacklevel=3,
+                )
+            else:
+                train_columns[self.val_index] = (0, split)
+                val_columns = (split, int(self.val.data.shape[-1]))
+        self.val_columns = val_columns
 
-        def sampler(stacks: list[TrainingStack], seed: int) -> WindowSampler:
+        def sampler(stacks: list[TrainingStack], seed: int, columns: list[Columns]) -> WindowSampler:
             return WindowSampler(
                 [s.data for s in stacks],
                 [s.norm for s in stacks],
@@ -204,11 +238,12 @@ class Trainer:
                 augment=config.data.augment,
                 top_probability=config.data.top_state_probability,
                 seed=seed,
+                columns=columns,
             )
 
         try:
-            self.sampler = sampler(self.stacks, config.train.seed)
-            val_sampler = sampler([self.val], 0)
+            self.sampler = sampler(self.stacks, config.train.seed, train_columns)
+            val_sampler = sampler([self.val], 0, [val_columns])
         except ValueError as error:
             raise DqlrError(f"train: {error}; use a smaller model.predict_next") from None
         self.val_batch = window_batch(
@@ -218,8 +253,8 @@ class Trainer:
         if config.conditioned:
             estimates: dict[int, DepthDegradation] = {}
             data, norms = [s.data for s in self.stacks], [s.norm for s in self.stacks]
-            self.pairs = pair_sampler(data, norms, config, estimates)
-            val_pairs = pair_sampler([self.val.data], [self.val.norm], config, estimates)
+            self.pairs = pair_sampler(data, norms, config, estimates, train_columns)
+            val_pairs = pair_sampler([self.val.data], [self.val.norm], config, estimates, [val_columns])
             if val_pairs is not None:
                 rng = np.random.default_rng(VAL_PAIR_SEED)
                 self.val_batch = self.val_batch.join(pair_batch(val_pairs, config.train.val_windows, rng))

@@ -196,6 +196,9 @@ def test_adapt_sees_the_stack_as_enhance_does(tmp_path, given) -> None:
     assert adapted["voxel_size"] == [1.0, 0.25, 0.25]
     stacks = adapted["normalization"]["training_stacks"]
     assert len(stacks) == 1 and "as the model sees it" in stacks[0]["name"]
+    # normalised as enhance normalises it: the whole stack as given, not the resampled view
+    whole = fit_stack_normalization(fine, init).to_dict()
+    assert {k: stacks[0][k] for k in whole} == whole
 
 
 # ----------------------------------------------------------------------------- what the user was told

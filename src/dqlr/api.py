@@ -143,22 +143,23 @@ def adapt(
     `minutes` of wall time; the adapted model is `result.best` (a complete model file).
 
     Each stack is first checked and presented as `enhance` would present it to the model (sharp end
-    on top, the model's pixel size; `options` as for enhance), so the model learns the view it will
-    be applied to; what had to change comes as a DqlrWarning.
+    on top, the model's pixel size, normalised as the whole stack; `options` as for enhance), so the
+    model learns the view it will be applied to; what had to change comes as a DqlrWarning.
     """
     import warnings
 
     from dqlr.errors import DqlrWarning
-    from dqlr.inference.enhance import as_model, model_views
+    from dqlr.inference.enhance import as_model, fit_stack_normalization, model_views
     from dqlr.io import Stack, check_stack
     from dqlr.io import read_stack as _read_stack
     from dqlr.reporting.figures import CurvePlotter
     from dqlr.training.adapt import adapt as _adapt
+    from dqlr.training.trainer import TrainingStack
 
     options = EnhanceOptions.of(options)
     start = as_model(model, "cpu")
     trained = start.meta.get("voxel_size")
-    prepared: list[StackLike | Stack] = []
+    prepared: list[StackLike | Stack | TrainingStack] = []
     for stack in [stacks] if isinstance(stacks, str | Path | np.ndarray | Stack) else stacks:
         if isinstance(stack, np.ndarray):
             data, voxel_size, name = stack, options.voxel_size, "input stack"
@@ -188,11 +189,11 @@ def adapt(
                         DqlrWarning,
                         stacklevel=2,
                     )
+            whole = fit_stack_normalization(data, start)  # what enhance will normalise with
             for k, view in enumerate(v for v in views if v.shape[0] >= window):
                 part = f" part {k + 1}" if len(views) > 1 else ""
-                prepared.append(
-                    Stack(np.asarray(view), seen, path=f"{Path(name).name}{part} (as the model sees it)")
-                )
+                label = f"{Path(name).name}{part} (as the model sees it)"
+                prepared.append(TrainingStack(np.asarray(view), whole, label, seen))
         elif isinstance(stack, np.ndarray):
             prepared.append(Stack(stack, voxel_size, path=name))
         else:

@@ -17,7 +17,7 @@ from dqlr.config import Config, RunOptions
 from dqlr.errors import DqlrError
 from dqlr.io import Stack
 from dqlr.training.run import ModelLike, TrainResult, init_model, train
-from dqlr.training.trainer import Callback, StackLike
+from dqlr.training.trainer import Callback, StackLike, TrainingStack
 
 # Fine-tuning settings, relative to how the model was trained (see adapt_config for why).
 LEARNING_RATE_FACTOR = 0.25
@@ -68,7 +68,9 @@ def adapt(
     before. Ctrl-C stops early and keeps best.pt (`result.interrupted`). The run folder `out_dir`
     holds best.pt (the adapted model), last.pt, config.yaml and metrics.csv.
     """
-    given: list[StackLike] = [stacks] if isinstance(stacks, str | Path | np.ndarray | Stack) else list(stacks)
+    given: list[StackLike] = (
+        [stacks] if isinstance(stacks, str | Path | np.ndarray | Stack | TrainingStack) else list(stacks)
+    )
     if not given:
         raise DqlrError("adapt: no stacks given")
     if not minutes > 0:

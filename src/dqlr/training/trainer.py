@@ -45,7 +45,6 @@ from dqlr.training.data import Columns, PairSampler, WindowSampler
 from dqlr.training.distributed import Ranks
 from dqlr.training.losses import dqlr_loss
 
-StackLike = str | Path | np.ndarray | Stack
 HELD_OUT_FRACTION = 0.25  # of a stack's width, for validation when it also trains (adapt)
 
 
@@ -67,15 +66,25 @@ VAL_WINDOW_SEED, VAL_PAIR_SEED = 12345, 54321  # fixed validation windows: compa
 
 @dataclass
 class TrainingStack:
+    """A stack ready to train on. Given as such, its `norm` is kept: adaptation trains on the parts
+    of a stack that enhancement shows the model (turned over, split, resampled) with the whole
+    stack's normalisation, which enhancement uses, rather than each part's own."""
+
     data: Any
     norm: Normalization
     name: str  # the file name only: checkpoints never hold a machine's paths
     voxel_size: tuple[float, float, float] | None = None
 
 
+StackLike = str | Path | np.ndarray | Stack | TrainingStack
+
+
 def load_training_stack(stack: StackLike, config: Config) -> TrainingStack:
     """A stack (path, array or io.Stack) read lazily and checked, with its per-stack normalisation."""
     voxel_size = None
+    if isinstance(stack, TrainingStack):
+        check_stack(stack.data, stack.name)
+        return stack
     if isinstance(stack, np.ndarray):
         data, name = stack, "array"
     elif isinstance(stack, Stack):

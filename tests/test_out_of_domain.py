@@ -300,3 +300,23 @@ def test_coarse_pixels_still_give_a_sharpness_profile() -> None:
     sharpness, _ = sharpness_profile(coarse, 4.0)
     assert np.isfinite(sharpness).all()
     assert sharpness.max() > 0
+
+
+def test_the_part_above_a_focus_is_adapted_on_blurred_pairs_alone(tmp_path, monkeypatch) -> None:
+    """Above a focus inside the stack, light crosses less tissue: no halo, no loss of signal grows
+    there, so that part's pairs are blur and noise only; the part below keeps the full estimate."""
+    middle = simulate_plant(shape=(24, 128, 128), seed=8, focus_um=12.0).observed
+    given: list = []
+    monkeypatch.setattr("dqlr.training.adapt.adapt", lambda stacks, *a, **k: given.extend(stacks))
+    dqlr.adapt(middle, tmp_path / "adapted", minutes=1, run=QUIET)
+    assert [s.defocus_only for s in given] == [False, True]  # below the focus, then above it
+    config = load_model(None).config
+    full = pair_sampler([s.data for s in given], [s.norm for s in given], config)
+    alone = pair_sampler([s.data for s in given], [s.norm for s in given], config, defocus_only=[False, True])
+    assert full is not None and alone is not None
+    above_full, above_alone = full.degradations[1], alone.degradations[1]
+    assert above_full.halo_fraction.max() > 0.1 and above_full.attenuation.min() < 0.9  # what was measured
+    assert not above_alone.halo_fraction.any() and np.all(above_alone.attenuation == 1)
+    np.testing.assert_array_equal(above_alone.blur_sigma_px, above_full.blur_sigma_px)
+    below_full, below_alone = full.degradations[0], alone.degradations[0]
+    np.testing.assert_array_equal(below_alone.halo_fraction, below_full.halo_fraction)

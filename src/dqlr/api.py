@@ -193,7 +193,8 @@ def adapt(
             for k, view in enumerate(v for v in views if v.shape[0] >= window):
                 part = f" part {k + 1}" if len(views) > 1 else ""
                 label = f"{Path(name).name}{part} (as the model sees it)"
-                prepared.append(TrainingStack(np.asarray(view), whole, label, seen))
+                above_focus = len(views) > 1 and view.flip  # defocus alone: see pair_sampler
+                prepared.append(TrainingStack(np.asarray(view), whole, label, seen, above_focus))
         elif isinstance(stack, np.ndarray):
             prepared.append(Stack(stack, voxel_size, path=name))
         else:

@@ -54,21 +54,31 @@ def pair_sampler(
     config: Config,
     estimates: dict[int, DepthDegradation] | None = None,
     columns: list[Columns] | None = None,
+    defocus_only: list[bool] | None = None,
 ) -> PairSampler | None:
     """Estimate each stack's degradation by depth (from the stack alone) and sample pairs from it.
 
     Stacks whose blur by depth could not be measured (estimate not `reliable`) make no pairs: pairs
     from a wrong blur curve would teach the model a wrong condition. None when no stack is left.
     `estimates` caches the estimate per stack object, so a stack that also validates is estimated once.
-    `columns`: the band of x each stack's pairs come from (see WindowSampler).
+    `columns`: the band of x each stack's pairs come from (see WindowSampler). `defocus_only` marks
+    stacks degraded by defocus alone: the part of a stack above its focus (turned over, its far end
+    is nearer the objective), whose light crosses less tissue, not more, so neither a halo nor a loss
+    of signal grows there. Their pairs are blurred, without halo or attenuation. Measured anyway,
+    both came out large, because the tissue's area shrinks towards a dome's cap (halo 0.95,
+    attenuation 0.27), and adaptation on such pairs lost 1.1 dB in 3 minutes where blur alone
+    kept the model's score (focus-in-the-middle case, benchmarks/results/out_of_domain.md).
     """
     settings = config.depth_aware
     estimates = {} if estimates is None else estimates
     bands = columns if columns is not None else [None] * len(stacks)
+    defocus = defocus_only if defocus_only is not None else [False] * len(stacks)
     kept: list[tuple[Any, Normalization, DepthDegradation, Columns]] = []
-    for stack, norm, band in zip(stacks, norms, bands, strict=True):
+    for stack, norm, band, blur_only in zip(stacks, norms, bands, defocus, strict=True):
         if id(stack) not in estimates:
-            estimates[id(stack)] = estimate_degradation(stack, reference_fraction=settings.reference_fraction)
+            estimates[id(stack)] = estimate_degradation(
+                stack, reference_fraction=settings.reference_fraction, blur_only=blur_only
+            )
         if estimates[id(stack)].reliable:
             kept.append((stack, norm, estimates[id(stack)], band))
     if not kept:

@@ -74,6 +74,7 @@ class TrainingStack:
     norm: Normalization
     name: str  # the file name only: checkpoints never hold a machine's paths
     voxel_size: tuple[float, float, float] | None = None
+    defocus_only: bool = False  # depth-aware pairs: blur and noise only (see pair_sampler)
 
 
 StackLike = str | Path | np.ndarray | Stack | TrainingStack
@@ -262,8 +263,11 @@ class Trainer:
         if config.conditioned:
             estimates: dict[int, DepthDegradation] = {}
             data, norms = [s.data for s in self.stacks], [s.norm for s in self.stacks]
-            self.pairs = pair_sampler(data, norms, config, estimates, train_columns)
-            val_pairs = pair_sampler([self.val.data], [self.val.norm], config, estimates, [val_columns])
+            defocus = [s.defocus_only for s in self.stacks]
+            self.pairs = pair_sampler(data, norms, config, estimates, train_columns, defocus)
+            val_pairs = pair_sampler(
+                [self.val.data], [self.val.norm], config, estimates, [val_columns], [self.val.defocus_only]
+            )
             if val_pairs is not None:
                 rng = np.random.default_rng(VAL_PAIR_SEED)
                 self.val_batch = self.val_batch.join(pair_batch(val_pairs, config.train.val_windows, rng))

@@ -66,8 +66,8 @@ def pair_sampler(
     is nearer the objective), whose light crosses less tissue, not more, so neither a halo nor a loss
     of signal grows there. Their pairs are blurred, without halo or attenuation. Measured anyway,
     both came out large, because the tissue's area shrinks towards a dome's cap (halo 0.95,
-    attenuation 0.27), and adaptation on such pairs lost 1.1 dB in 3 minutes where blur alone
-    kept the model's score (focus-in-the-middle case, benchmarks/results/out_of_domain.md).
+    attenuation 0.27); adapting on such pairs cost 1.26 dB on the focus-in-the-middle case of
+    benchmarks/results/out_of_domain.md, and with blur alone it keeps the model's 21.40 dB there.
     """
     settings = config.depth_aware
     estimates = {} if estimates is None else estimates

@@ -189,11 +189,11 @@ def _train(
         config = config or Config()
         if (run_dir / "last.pt").exists():
             raise DqlrError(f"{run_dir}: already holds a run; pass --resume or another --out")
-    stacks, note = list(train_stacks), ""
+    stacks = list(train_stacks)
     if val_stack is None and len(stacks) > 1:
         val_stack, stacks = stacks[-1], stacks[:-1]
     elif val_stack is None:
-        val_stack, note = stacks[0], " (single stack: validated on columns kept out of training)"
+        val_stack = stacks[0]
     writers: list[Callback] = [CheckpointWriter(run_dir), CsvLogger(run_dir / "metrics.csv"), *callbacks]
     if run.progress:
         writers.append(EpochPrinter())
@@ -210,6 +210,8 @@ def _train(
             trainer.start_from(*start)
         if run.progress:
             origin = f", starting from {trainer.init}" if trainer.init else ""
+            held = trainer.val_columns
+            note = f" (columns {held[0]}-{held[1] - 1}, kept out of training)" if held else ""
             tqdm.write(
                 f"dqlr train: {len(stacks)} training stack(s), validation on {trainer.val.name}{note}{origin}"
             )

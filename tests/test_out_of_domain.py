@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from scipy.ndimage import gaussian_filter
 
 import dqlr
 from dqlr.cli import main
 from dqlr.config import Config, RunOptions
+from dqlr.degradation import estimate_degradation
 from dqlr.inference.checks import assess, sharpest_inside, sharpness_profile
 from dqlr.inference.enhance import (
     UNFAMILIAR_RATIO,
@@ -23,6 +25,7 @@ from dqlr.inference.enhance import (
 )
 from dqlr.model.checkpoint import load_model, read_checkpoint
 from dqlr.model.familiarity import METRIC, quantization_error
+from dqlr.normalize import normalize
 from dqlr.simulation import image_emission, simulate_plant
 from dqlr.training.batches import pair_sampler
 from tests.conftest import tiny_config
@@ -159,7 +162,7 @@ def test_pairs_come_only_from_stacks_whose_blur_was_measured() -> None:
     assert pair_sampler([grid], norms[1:], config, estimates) is None
     both = pair_sampler([plant, grid], norms, config, estimates)
     assert both is not None and len(both.stacks) == 1 and both.stacks[0] is plant
-    assert set(estimates) == {id(plant), id(grid)}  # each estimated once
+    assert set(estimates) == {(id(plant), False), (id(grid), False)}  # each estimated once
 
 
 @pytest.mark.parametrize("given", ["array", "stack"])
@@ -320,3 +323,58 @@ def test_the_part_above_a_focus_is_adapted_on_blurred_pairs_alone(tmp_path, monk
     np.testing.assert_array_equal(above_alone.blur_sigma_px, above_full.blur_sigma_px)
     below_full, below_alone = full.degradations[0], alone.degradations[0]
     np.testing.assert_array_equal(below_alone.halo_fraction, below_full.halo_fraction)
+
+
+def test_the_blur_of_a_resized_stack_is_measured_at_its_own_pixels() -> None:
+    """Enlarged 2x for the model (0.5 µm pixels), the slices lose the fine band the depth estimate
+    reads: measured on the view it found no blur at any depth. Measured at the stack's own pixels
+    and scaled by the zoom, the deep slices get the condition they need."""
+    coarse = simulate_plant(shape=(32, 128, 128), voxel_size=(1.0, 0.5, 0.5), seed=7).observed
+    model = load_model(None)
+    plan = plan_enhancement(coarse, model, dqlr.EnhanceOptions(), (1.0, 0.5, 0.5))
+    (view,), (levels,) = plan.views, plan.levels
+    assert view.zoom == 2.0 and levels is not None
+    own = estimate_degradation(
+        coarse, reference_fraction=model.config.depth_aware.reference_fraction, blur_only=True
+    )
+    expected = np.asarray(own.blur_sigma_px) * 2.0 / model.config.depth_aware.condition_scale_px
+    np.testing.assert_allclose(levels, expected, rtol=1e-5)
+    assert levels[-8:].min() > 0.3  # the deepest quarter is conditioned as blurred
+
+
+def test_adapt_makes_the_pairs_of_a_resized_stack_at_its_own_pixels(tmp_path, monkeypatch) -> None:
+    """Degraded after a 2x enlargement, pairs got noise white at the model's pixels, unlike the
+    real deep slices' (enlarged with them) and no depth condition. Degraded at the stack's own
+    pixels and enlarged as enhance enlarges, their fine-grained noise matches the deep slices'."""
+    coarse = simulate_plant(shape=(32, 128, 128), voxel_size=(1.0, 0.5, 0.5), seed=7).observed
+    given: list = []
+    monkeypatch.setattr("dqlr.training.adapt.adapt", lambda stacks, *a, **k: given.extend(stacks))
+    dqlr.adapt(
+        coarse,
+        tmp_path / "adapted",
+        minutes=1,
+        run=QUIET,
+        options=dqlr.EnhanceOptions(voxel_size=(1.0, 0.5, 0.5)),
+    )
+    (stack,) = given
+    assert stack.zoom == 2.0 and stack.source.shape == (32, 128, 128) and stack.data.shape == (32, 256, 256)
+    config = load_model(None).config
+
+    def fine_grain(a: np.ndarray) -> float:  # what a 1.5-pixel smoothing removes
+        return float(np.std(a - gaussian_filter(a, (0,) * (a.ndim - 2) + (1.5, 1.5))))
+
+    deep = fine_grain(normalize(stack.data[-8:], stack.norm))
+    made = {}
+    for name, resized in (("own pixels", [stack.resized]), ("enlarged", None)):
+        sampler = pair_sampler([stack.data], [stack.norm], config, resized=resized)
+        assert sampler is not None
+        inputs, targets, levels = sampler.sample(32, np.random.default_rng(0))
+        assert (
+            inputs.shape
+            == targets.shape
+            == (32, config.model.predict_next + 2, config.data.crop, config.data.crop)
+        )
+        made[name] = (fine_grain(inputs.numpy()), float(levels.max()))
+    assert made["own pixels"][1] > 0.3 and made["enlarged"][1] == 0.0  # the condition the deep slices get
+    assert abs(made["own pixels"][0] / deep - 1) < 0.05
+    assert abs(made["enlarged"][0] / deep - 1) > 0.08

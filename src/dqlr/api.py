@@ -150,7 +150,7 @@ def adapt(
 
     from dqlr.errors import DqlrWarning
     from dqlr.inference.enhance import as_model, fit_stack_normalization, model_views
-    from dqlr.io import Stack, check_stack
+    from dqlr.io import Stack, StackView, check_stack
     from dqlr.io import read_stack as _read_stack
     from dqlr.reporting.figures import CurvePlotter
     from dqlr.training.adapt import adapt as _adapt
@@ -194,7 +194,12 @@ def adapt(
                 part = f" part {k + 1}" if len(views) > 1 else ""
                 label = f"{Path(name).name}{part} (as the model sees it)"
                 above_focus = len(views) > 1 and view.flip  # defocus alone: see pair_sampler
-                prepared.append(TrainingStack(np.asarray(view), whole, label, seen, above_focus))
+                own = None  # pairs are made at the stack's own pixels (see PairSampler)
+                if view.zoom != 1.0:
+                    own = np.asarray(StackView(data, view.flip, 1.0, view.start, view.stop))
+                prepared.append(
+                    TrainingStack(np.asarray(view), whole, label, seen, above_focus, own, view.zoom)
+                )
         elif isinstance(stack, np.ndarray):
             prepared.append(Stack(stack, voxel_size, path=name))
         else:

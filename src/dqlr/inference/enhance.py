@@ -263,11 +263,19 @@ def _batches(order: list[int], regions: list[tuple[slice, slice]], size: int) ->
 
 def degradation_levels(stack: Any, model: LoadedModel) -> tuple[np.ndarray | None, list[str]]:
     """Per-slice condition of a depth-aware model: the stack's own estimated extra blur by depth,
-    and notes on what could not be estimated (then no conditioning: all levels 0)."""
+    and notes on what could not be estimated (then no conditioning: all levels 0).
+
+    A view resized to the model's pixel size is measured at the stack's own pixels and its blur
+    scaled by the zoom: enlarged 2x (0.5 µm pixels), the slices lose the fine band the estimate
+    reads, and it found no blur at any depth, so the deep slices went in as if they were sharp.
+    """
     if not model.config.conditioned:
         return None, []
     from dqlr.degradation import estimate_degradation
 
+    zoom = 1.0
+    if isinstance(stack, StackView) and stack.zoom != 1.0:
+        stack, zoom = StackView(stack.source, stack.flip, 1.0, stack.start, stack.stop), stack.zoom
     settings = model.config.depth_aware
     # Blur, halo and noise statistics are the same across a slice: a central crop of at most
     # 512 x 512 keeps memory and time bounded on large slices (full 2048^2 slices measured
@@ -285,7 +293,7 @@ def degradation_levels(stack: Any, model: LoadedModel) -> tuple[np.ndarray | Non
     notes = [f"depth estimate: {note}" for note in getattr(estimate, "notes", [])]
     if not getattr(estimate, "reliable", True):
         return none, [*notes, "the blur by depth could not be measured; enhanced without depth conditioning"]
-    return np.asarray(estimate.blur_sigma_px, np.float32) / settings.condition_scale_px, notes
+    return np.asarray(estimate.blur_sigma_px, np.float32) * zoom / settings.condition_scale_px, notes
 
 
 def fit_stack_normalization(stack: Any, model: LoadedModel) -> Normalization:

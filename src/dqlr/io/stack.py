@@ -80,7 +80,7 @@ class LazyStack:
         return f"LazyStack(shape={self.shape}, dtype={self.dtype})"
 
 
-def _resize(image: np.ndarray, shape: tuple[int, ...], anti_aliasing: bool) -> np.ndarray:
+def resize(image: np.ndarray, shape: tuple[int, ...], anti_aliasing: bool) -> np.ndarray:
     """Linear resampling to `shape` (float32), low-passed first when shrinking."""
     from skimage.transform import resize
 
@@ -126,13 +126,13 @@ class StackView:
         if self.zoom == 1.0:
             return plane
         smaller = self.zoom < 1.0  # low-pass before shrinking, or noise aliases into structure
-        return _resize(plane.astype(np.float32), self.shape[1:], smaller)
+        return resize(plane.astype(np.float32), self.shape[1:], smaller)
 
     def restore_plane(self, plane: np.ndarray) -> np.ndarray:
         """A result slice (or a stack of them along the first axis) back at the source's size."""
         if self.zoom == 1.0:
             return plane
-        return _resize(plane, plane.shape[:-2] + self.source_plane_shape, self.zoom > 1.0)
+        return resize(plane, plane.shape[:-2] + self.source_plane_shape, self.zoom > 1.0)
 
     def __getitem__(self, item: Any) -> np.ndarray:
         items = item if isinstance(item, tuple) else (item,)

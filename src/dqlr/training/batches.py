@@ -52,9 +52,10 @@ def pair_sampler(
     stacks: list[Any],
     norms: list[Normalization],
     config: Config,
-    estimates: dict[int, DepthDegradation] | None = None,
+    estimates: dict[Any, DepthDegradation] | None = None,
     columns: list[Columns] | None = None,
     defocus_only: list[bool] | None = None,
+    resized: list[tuple[Any, float] | None] | None = None,
 ) -> PairSampler | None:
     """Estimate each stack's degradation by depth (from the stack alone) and sample pairs from it.
 
@@ -68,19 +69,34 @@ def pair_sampler(
     both came out large, because the tissue's area shrinks towards a dome's cap (halo 0.95,
     attenuation 0.27); adapting on such pairs cost 1.26 dB on the focus-in-the-middle case of
     benchmarks/results/out_of_domain.md, and with blur alone it keeps the model's 21.40 dB there.
+    `resized`: for a stack that is another resized in XY (the model's view of a stack at another
+    pixel size), that stack at its own pixels and the zoom; its degradation is measured and its
+    pairs are made there (see PairSampler), as enhancement measures a resized stack's blur.
     """
     settings = config.depth_aware
     estimates = {} if estimates is None else estimates
     bands = columns if columns is not None else [None] * len(stacks)
     defocus = defocus_only if defocus_only is not None else [False] * len(stacks)
-    kept: list[tuple[Any, Normalization, DepthDegradation, Columns]] = []
-    for stack, norm, band, blur_only in zip(stacks, norms, bands, defocus, strict=True):
-        if id(stack) not in estimates:
-            estimates[id(stack)] = estimate_degradation(
-                stack, reference_fraction=settings.reference_fraction, blur_only=blur_only
+    sources = resized if resized is not None else [None] * len(stacks)
+
+    def estimate(data: Any, blur_only: bool) -> DepthDegradation:
+        key = (id(data), blur_only)
+        if key not in estimates:
+            estimates[key] = estimate_degradation(
+                data, reference_fraction=settings.reference_fraction, blur_only=blur_only
             )
-        if estimates[id(stack)].reliable:
-            kept.append((stack, norm, estimates[id(stack)], band))
+        return estimates[key]
+
+    kept: list[tuple[Any, Normalization, DepthDegradation, Columns, float]] = []
+    for stack, norm, band, blur_only, source in zip(stacks, norms, bands, defocus, sources, strict=True):
+        zoom = 1.0
+        if source is not None:  # bands are in the resized stack's columns
+            stack, zoom = source
+            if band is not None:
+                band = (round(band[0] / zoom), min(round(band[1] / zoom), int(stack.shape[-1])))
+        degradation = estimate(stack, blur_only)
+        if degradation.reliable:
+            kept.append((stack, norm, degradation, band, zoom))
     if not kept:
         return None
     return PairSampler(
@@ -93,6 +109,7 @@ def pair_sampler(
         target_smoothing_px=settings.target_smoothing_px,
         augment=config.data.augment,
         columns=[k[3] for k in kept],
+        zooms=[k[4] for k in kept],
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from dqlr.io.stack import resize
 from dqlr.normalize import Normalization, normalize
 
 Columns = tuple[int, int] | None  # [first, stop) of the x range windows are taken from; None: all
@@ -127,6 +128,13 @@ class PairSampler:
     Inputs are the degraded windows, targets the original upper windows (optionally smoothed), and
     the condition is the applied blur level, scaled so `scale_px` maps to 1. Draws from the random
     generator it is given, so a resumed run continues the same sequence.
+
+    `zooms`: a stack the model sees resized in XY (another pixel size) is given at its own pixels,
+    with its own degradation, and its zoom; its pairs are degraded there and then resized to the
+    crop as enhancement resizes the slices, so the added noise has the grain of the real noise as
+    the model sees it (noise added after a 2x enlargement is white at the model's pixels; the real
+    noise, enlarged with the slices, is not). Their condition is the blur in the model's pixels
+    (times the zoom), as enhancement measures it.
     """
 
     def __init__(
@@ -140,13 +148,23 @@ class PairSampler:
         target_smoothing_px: float = 0.0,
         augment: bool = True,
         columns: Sequence[Columns] | None = None,
+        zooms: Sequence[float] | None = None,
     ) -> None:
         self.stacks, self.normalizations = list(stacks), list(normalizations)
         self.degradations = list(degradations)
         self.columns = list(columns) if columns is not None else [None] * len(self.stacks)
+        self.zooms = list(zooms) if zooms is not None else [1.0] * len(self.stacks)
         self.length, self.crop, self.scale_px = length, crop, scale_px
         self.target_smoothing_px, self.augment = target_smoothing_px, augment
         self._centres: dict[int, np.ndarray] = {}  # per stack: tissue pixels to centre crops on
+
+    def _source_crop(self, index: int) -> int:
+        """Crop side in the stack's own pixels that becomes `crop` in the model's."""
+        zoom = self.zooms[index]
+        if zoom == 1.0:
+            return self.crop
+        first, stop = self.columns[index] or (0, int(self.stacks[index].shape[-1]))
+        return max(min(round(self.crop / zoom), stop - first, int(self.stacks[index].shape[-2])), 2)
 
     def _tissue_centres(self, index: int) -> np.ndarray:
         from dqlr.degradation import tissue_centres
@@ -168,17 +186,21 @@ class PairSampler:
                 self.stacks[index],
                 self.degradations[index],
                 k,
-                self.crop,
+                self._source_crop(int(index)),
                 self.length,
                 rng,
                 self._tissue_centres(int(index)),
                 self.columns[int(index)],
             )
+            if self.zooms[index] != 1.0:  # to the model's pixels, as StackView resizes a slice
+                shape = (*degraded.shape[:-2], self.crop, self.crop)
+                shrink = self.zooms[index] < 1.0
+                degraded, sharp = resize(degraded, shape, shrink), resize(sharp, shape, shrink)
             norm = self.normalizations[index]
             degraded, sharp = normalize(degraded, norm), normalize(sharp, norm)
             if self.target_smoothing_px > 0:
                 sharp = gaussian_filter(sharp, (0, 0, self.target_smoothing_px, self.target_smoothing_px))
-            blur = np.asarray(self.degradations[index].blur_sigma_px)[depth]
+            blur = np.asarray(self.degradations[index].blur_sigma_px)[depth] * self.zooms[index]
             for j in range(k):
                 pair = np.stack([degraded[j], sharp[j]])
                 if self.augment:

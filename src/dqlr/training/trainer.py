@@ -75,6 +75,14 @@ class TrainingStack:
     name: str  # the file name only: checkpoints never hold a machine's paths
     voxel_size: tuple[float, float, float] | None = None
     defocus_only: bool = False  # depth-aware pairs: blur and noise only (see pair_sampler)
+    # `data` resized in XY by `zoom` from `source` (another pixel size): pairs are made at the
+    # source's pixels and resized as enhancement resizes (see PairSampler)
+    source: Any = None
+    zoom: float = 1.0
+
+    @property
+    def resized(self) -> tuple[Any, float] | None:
+        return None if self.source is None or self.zoom == 1.0 else (self.source, self.zoom)
 
 
 StackLike = str | Path | np.ndarray | Stack | TrainingStack
@@ -261,12 +269,13 @@ class Trainer:
         )
         self.pairs: PairSampler | None = None
         if config.conditioned:
-            estimates: dict[int, DepthDegradation] = {}
+            estimates: dict[Any, DepthDegradation] = {}
             data, norms = [s.data for s in self.stacks], [s.norm for s in self.stacks]
-            defocus = [s.defocus_only for s in self.stacks]
-            self.pairs = pair_sampler(data, norms, config, estimates, train_columns, defocus)
+            defocus, resized = [s.defocus_only for s in self.stacks], [s.resized for s in self.stacks]
+            self.pairs = pair_sampler(data, norms, config, estimates, train_columns, defocus, resized)
+            val = self.val
             val_pairs = pair_sampler(
-                [self.val.data], [self.val.norm], config, estimates, [val_columns], [self.val.defocus_only]
+                [val.data], [val.norm], config, estimates, [val_columns], [val.defocus_only], [val.resized]
             )
             if val_pairs is not None:
                 rng = np.random.default_rng(VAL_PAIR_SEED)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from dqlr.degradation.ops import read_plane
+from dqlr.degradation.ops import per_slice, read_plane
 
 
 def radial_spectra(
@@ -30,15 +30,18 @@ def radial_spectra(
     which = which[inside]
     counts = np.bincount(which, minlength=n_bins).astype(float)
     freq = (np.arange(n_bins) + 0.5) * 0.5 / n_bins
-    power = np.zeros((n_z, n_bins))
-    floor = np.zeros(n_z)
-    for z in range(n_z):
+
+    def spectrum(z: int) -> tuple[np.ndarray, float]:
         plane = read_plane(data, z)
         centred = (plane - np.sum(plane * window) / window.sum()) * window
         pw = (np.abs(np.fft.fft2(centred)) ** 2).ravel()[inside] / w2.sum()
-        power[z] = np.bincount(which, weights=pw, minlength=n_bins) / np.maximum(counts, 1)
         local = np.maximum(ndimage.gaussian_filter(plane, 1.0) - offset, 0.0)
-        floor[z] = np.sum(w2 * (gain * local + read_noise**2)) / w2.sum()
+        floor = np.sum(w2 * (gain * local + read_noise**2)) / w2.sum()
+        return np.bincount(which, weights=pw, minlength=n_bins) / np.maximum(counts, 1), float(floor)
+
+    spectra = per_slice(spectrum, range(n_z))
+    power = np.array([p for p, _ in spectra]).reshape(n_z, n_bins)
+    floor = np.array([f for _, f in spectra], float)
     return freq, power, floor, counts
 
 

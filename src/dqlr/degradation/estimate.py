@@ -39,7 +39,7 @@ from dqlr.degradation.assess import assess_blur, blur_error
 from dqlr.degradation.blur import fit_blur, power_law, radial_spectra
 from dqlr.degradation.model import DEFAULT_PIXEL_UM, HALO_SIGMA_UM, MAX_HALO, DepthDegradation
 from dqlr.degradation.noise import noise_model
-from dqlr.degradation.ops import gaussian_fft, read_plane, stack_array
+from dqlr.degradation.ops import gaussian_fft, per_slice, read_plane, stack_array
 from dqlr.errors import DqlrError
 from dqlr.io import Stack
 from dqlr.tissue import tissue_mask
@@ -171,12 +171,14 @@ def estimate_degradation(
     (gain, read_noise, offset), notes = noise_model(data)
 
     # darkest smooth level and signal level per slice
-    dark = np.zeros(n_z)
-    level = np.zeros(n_z)
-    for z in range(n_z):
+    def dark_and_level(z: int) -> tuple[float, float]:
         plane = read_plane(data, z)
-        dark[z] = np.percentile(ndimage.gaussian_filter(plane, 4.0), 2)
-        level[z] = np.percentile(ndimage.gaussian_filter(plane, 2.0), 99) - dark[z]
+        dark = float(np.percentile(ndimage.gaussian_filter(plane, 4.0), 2))
+        return dark, float(np.percentile(ndimage.gaussian_filter(plane, 2.0), 99)) - dark
+
+    dark, level = (
+        np.array(values, float) for values in zip(*per_slice(dark_and_level, range(n_z)), strict=True)
+    )
     has_signal = level >= 0.1 * level.max()
     flat = not has_signal.any()
     if flat:  # no slice rises above its dark level (a flat stack)
@@ -185,19 +187,25 @@ def estimate_degradation(
     dark0 = float(dark[has_signal].min())  # for tissue masks only
 
     # tissue area, in-tissue mean and floor (relative to dark0) per slice
+    def tissue_stats(z: int) -> tuple[float, float, float]:
+        if blur_only:  # the area alone places the reference
+            return float(tissue_mask(read_plane(data, z), tissue_sigma, dark0).mean()), np.nan, np.nan
+        mask, inner = _tissue(read_plane(data, z), dark0, tissue_sigma, halo_sigma_px)
+        if mask.mean() < 0.01:
+            return float(mask.mean()), np.nan, np.nan
+        smooth = ndimage.gaussian_filter(read_plane(data, z), 2.0) - dark0
+        return (
+            float(mask.mean()),
+            float(smooth[mask].mean()),
+            float(np.percentile(smooth[inner], FLOOR_PERCENTILE)),
+        )
+
     area = np.zeros(n_z)
     mean0 = np.full(n_z, np.nan)
     floor0 = np.full(n_z, np.nan)
-    for z in map(int, np.flatnonzero(has_signal)):
-        if blur_only:  # the area alone places the reference
-            area[z] = tissue_mask(read_plane(data, z), tissue_sigma, dark0).mean()
-            continue
-        mask, inner = _tissue(read_plane(data, z), dark0, tissue_sigma, halo_sigma_px)
-        area[z] = mask.mean()
-        if area[z] >= 0.01:
-            smooth = ndimage.gaussian_filter(read_plane(data, z), 2.0) - dark0
-            mean0[z] = smooth[mask].mean()
-            floor0[z] = np.percentile(smooth[inner], FLOOR_PERCENTILE)
+    measured = np.flatnonzero(has_signal)
+    for z, (a, m, f) in zip(measured, per_slice(tissue_stats, measured), strict=True):
+        area[z], mean0[z], floor0[z] = a, m, f
     # The reference starts where the tissue is established (the apex slices show little of it,
     # mostly the bright outer wall cut flat), and covers reference_fraction of what is left.
     first = int(np.argmax(area >= 0.25 * area.max())) if area.max() > 0 else 0

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from dqlr.degradation.ops import read_plane, stack_array
+from dqlr.degradation.ops import per_slice, read_plane, stack_array
 from dqlr.errors import DqlrError
 
 NOISE_SLICES = 32  # at most this many slices (evenly spread) for the noise fit
@@ -94,13 +94,15 @@ def _unclipped(plane: np.ndarray) -> np.ndarray:
 
 def _noise_bins(data: Any) -> np.ndarray:
     """Rows (mean, variance, third cumulant, pixels, flat fraction) of flat pixels binned by mean."""
-    parts: list[list[np.ndarray]] = [[], [], [], []]
-    for z in _noise_slices(data.shape):
+
+    def features(z: int) -> list[np.ndarray]:
         plane = read_plane(data, z)
         ok = _unclipped(plane)
-        for part, a in zip(parts, (plane, *_noise_features(plane)), strict=True):
-            part.append(a[4:-4, 4:-4].ravel()[ok])
-    value, res, mean, rough = (np.concatenate(p) for p in parts)
+        return [a[4:-4, 4:-4].ravel()[ok] for a in (plane, *_noise_features(plane))]
+
+    value, res, mean, rough = (
+        np.concatenate(part) for part in zip(*per_slice(features, _noise_slices(data.shape)), strict=True)
+    )
     if not value.size:  # every pixel touches the data's extremes (e.g. binary data)
         return np.zeros((0, 5))
     threshold, var_kept, k3_kept = _flat_calibration()

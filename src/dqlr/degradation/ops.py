@@ -7,7 +7,10 @@ the blur estimate fits, so what `degrade` imposes is what `estimate_degradation`
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -26,6 +29,25 @@ def stack_array(stack: Any) -> Any:
 def read_plane(data: Any, z: int) -> np.ndarray:
     """Slice z as float64 (reads one slice of a lazy stack)."""
     return np.asarray(data[int(z)], dtype=np.float64)
+
+
+T = TypeVar("T")
+MAX_SLICE_THREADS = 4
+
+
+def per_slice(work: Callable[[int], T], slices: Iterable[int]) -> list[T]:
+    """work(z) for each slice, in order, on a few threads: SciPy's filters and NumPy's FFTs release
+    the GIL, so on 2 cores the per-slice loops of the depth estimate run 1.9x as fast, with the same
+    numbers (benchmarks/results/enhance_speed.md)."""
+    slices = [int(z) for z in slices]
+    threads = min(
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        MAX_SLICE_THREADS,
+    )
+    if threads < 2 or len(slices) < 2:
+        return [work(z) for z in slices]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(work, slices))
 
 
 def gaussian_fft(image: np.ndarray, terms: list[tuple[float, float]]) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 from scipy import ndimage
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from dqlr.atomic import refuse_existing
@@ -107,56 +108,59 @@ def iter_enhanced(
     batch_size, overlap = options.batch_size, options.overlap
     regions, box = window_grid((height, width), tile, overlap, align, window)
     above: Sequence[Any] | None = [None] * len(regions)
-    for z in range(depth):
-        plane = _read_plane(stack, z, box, norm)
-        level = None if levels is None else float(levels[z])
-        while True:
-            try:
-                if above is None:  # new tile grid: the slice above's latents on it
-                    level_above = None if levels is None else float(levels[z - 1])
-                    previous = _read_plane(stack, z - 1, box, norm)
-                    above = _encode_tiles(engine, previous, regions, level_above, batch_size)
-                enhanced, predicted, latents = _enhance_slice(
-                    engine, plane, regions, above, level, batch_size, overlap, options.predict_next
-                )
-                break
-            except Exception as error:  # ONNX Runtime's errors are not RuntimeErrors
-                if not is_out_of_memory(error):
-                    raise
-            # Out of the except block, so the failed attempt's tensors are already released.
-            if model.device.type == "cuda":
-                import torch
+    # NumPy's BLAS threads keep spinning after each call (the guard's dot products, ...) and took
+    # the cores from the network's threads: 20 % of its time on 2 cores (enhance_speed.md).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for z in range(depth):
+            plane = _read_plane(stack, z, box, norm)
+            level = None if levels is None else float(levels[z])
+            while True:
+                try:
+                    if above is None:  # new tile grid: the slice above's latents on it
+                        level_above = None if levels is None else float(levels[z - 1])
+                        previous = _read_plane(stack, z - 1, box, norm)
+                        above = _encode_tiles(engine, previous, regions, level_above, batch_size)
+                    enhanced, predicted, latents = _enhance_slice(
+                        engine, plane, regions, above, level, batch_size, overlap, options.predict_next
+                    )
+                    break
+                except Exception as error:  # ONNX Runtime's errors are not RuntimeErrors
+                    if not is_out_of_memory(error):
+                        raise
+                # Out of the except block, so the failed attempt's tensors are already released.
+                if model.device.type == "cuda":
+                    import torch
 
-                torch.cuda.empty_cache()
-            if batch_size > 1:
-                batch_size //= 2
-            elif min(tile, max(height, width)) > MIN_TILE:
-                tile = max(min(tile, max(height, width)) // 2 // align * align, MIN_TILE)
-                overlap = min(overlap, tile // 4)  # keeps the number of tiles in proportion
-                old_box = box
-                regions, box = window_grid((height, width), tile, overlap, align, window)
-                above = None if z > 0 else [None] * len(regions)
-                if box != old_box:
-                    plane = _read_plane(stack, z, box, norm)
-            else:
-                raise DqlrError(
-                    f"out of memory even with {tile}-px tiles one at a time; free memory "
-                    "or use another --device"
+                    torch.cuda.empty_cache()
+                if batch_size > 1:
+                    batch_size //= 2
+                elif min(tile, max(height, width)) > MIN_TILE:
+                    tile = max(min(tile, max(height, width)) // 2 // align * align, MIN_TILE)
+                    overlap = min(overlap, tile // 4)  # keeps the number of tiles in proportion
+                    old_box = box
+                    regions, box = window_grid((height, width), tile, overlap, align, window)
+                    above = None if z > 0 else [None] * len(regions)
+                    if box != old_box:
+                        plane = _read_plane(stack, z, box, norm)
+                else:
+                    raise DqlrError(
+                        f"out of memory even with {tile}-px tiles one at a time; free memory "
+                        "or use another --device"
+                    )
+                tqdm.write(
+                    f"dqlr enhance: out of memory; retrying with --tile {tile} --overlap {overlap} "
+                    f"--batch-size {batch_size}"
                 )
-            tqdm.write(
-                f"dqlr enhance: out of memory; retrying with --tile {tile} --overlap {overlap} "
-                f"--batch-size {batch_size}"
-            )
-        above = latents
-        if progress is not None:
-            progress.update(1)
-        if window is not None:  # the window's part of the bounding box
-            inner = tuple(
-                slice(w.start - b.start, w.stop - b.start) for w, b in zip(window, box, strict=True)
-            )
-            enhanced, plane = enhanced[inner], plane[inner]
-            predicted = None if predicted is None else predicted[(slice(None), *inner)]
-        yield enhanced, predicted, plane
+            above = latents
+            if progress is not None:
+                progress.update(1)
+            if window is not None:  # the window's part of the bounding box
+                inner = tuple(
+                    slice(w.start - b.start, w.stop - b.start) for w, b in zip(window, box, strict=True)
+                )
+                enhanced, plane = enhanced[inner], plane[inner]
+                predicted = None if predicted is None else predicted[(slice(None), *inner)]
+            yield enhanced, predicted, plane
 
 
 def window_grid(

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from skimage.restoration import richardson_lucy
 
+import dqlr.inference.enhance as enhance_module
 from dqlr.config import EnhanceOptions
-from dqlr.degradation import noise
+from dqlr.degradation import noise, ops
 from dqlr.inference.enhance import degradation_levels, enhance, iter_enhanced, plan_enhancement
 from dqlr.io import write_stack
 from dqlr.model.checkpoint import LoadedModel, load_model
@@ -103,6 +104,17 @@ def network_build_seconds(meta_device: bool) -> float:
     return float(out.stdout.split()[-1])
 
 
+def model_load_seconds(lightweight: bool) -> float:
+    """Loading the shipped model in a fresh process, imports included: from its graph and its
+    description (no torch), or from its weights with torch (before)."""
+    code = (
+        "import time; t = time.perf_counter(); from dqlr.model.checkpoint import load_model; "
+        f"load_model(None, 'cpu', lightweight={lightweight}); print(time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
 def steps(stack: np.ndarray, model: LoadedModel) -> list[tuple[str, str, float, float]]:
     """What each change of issue 14 bought, each measured before and after in this run."""
     options = EnhanceOptions(voxel_size=(1.0, 0.25, 0.25))
@@ -128,6 +140,24 @@ def steps(stack: np.ndarray, model: LoadedModel) -> list[tuple[str, str, float, 
             return time.perf_counter() - started
         finally:
             noise.NOISE_PIXELS = saved
+
+    def slice_threads(threads: int) -> float:
+        saved, ops.MAX_SLICE_THREADS = ops.MAX_SLICE_THREADS, threads
+        try:
+            started = time.perf_counter()
+            degradation_levels(stack, model)
+            return time.perf_counter() - started
+        finally:
+            ops.MAX_SLICE_THREADS = saved
+
+    def blas_limited(limit: int | None) -> float:
+        saved, enhance_module.BLAS_THREADS = enhance_module.BLAS_THREADS, limit
+        try:
+            started = time.perf_counter()
+            enhance(stack, model, voxel_size=(1.0, 0.25, 0.25))
+            return time.perf_counter() - started
+        finally:
+            enhance_module.BLAS_THREADS = saved
 
     def whole_or_blur(blur_only: bool) -> float:
         from dqlr.degradation import estimate_degradation
@@ -157,6 +187,26 @@ def steps(stack: np.ndarray, model: LoadedModel) -> list[tuple[str, str, float, 
             "s",
             network_build_seconds(True),
             network_build_seconds(False),
+        ),
+        (
+            "NumPy's BLAS held to one thread while the network runs (its threads spin between calls "
+            "and took the network's cores; `dqlr.enhance` of the 40 slices, estimate and guard included)",
+            "s",
+            blas_limited(None),
+            blas_limited(1),
+        ),
+        (
+            "depth estimate's per-slice loops on threads (SciPy and NumPy release the GIL; same numbers)",
+            "s",
+            slice_threads(1),
+            slice_threads(ops.MAX_SLICE_THREADS),
+        ),
+        (
+            "shipped model loaded from its graph and description, without torch (fresh process, "
+            "imports included)",
+            "s",
+            model_load_seconds(False),
+            model_load_seconds(True),
         ),
     ]
 

@@ -274,3 +274,15 @@ def test_blur_only_gives_the_same_blur_and_notes(plant: SimulatedPlant, estimate
     upside_down = (plant.observed[::-1] * 0.01).astype(np.float32)
     full, fast = (estimate_degradation(upside_down, blur_only=b) for b in (False, True))
     assert np.array_equal(full.blur_sigma_px, fast.blur_sigma_px) and full.notes == fast.notes
+
+
+def test_the_estimate_on_threads_equals_the_estimate_slice_by_slice(monkeypatch) -> None:
+    """The per-slice loops run on threads for speed; the numbers must not change by one bit."""
+    stack = simulate_plant(shape=(16, 96, 96), seed=4).observed
+    threaded = [estimate_degradation(stack, blur_only=b) for b in (False, True)]
+    monkeypatch.setattr("dqlr.degradation.ops.MAX_SLICE_THREADS", 1)
+    serial = [estimate_degradation(stack, blur_only=b) for b in (False, True)]
+    for a, b in zip(threaded, serial, strict=True):
+        for name in ("blur_sigma_px", "halo_fraction", "attenuation", "background", "gain", "read_noise"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert a.reference_slices == b.reference_slices and a.notes == b.notes

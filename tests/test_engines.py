@@ -3,17 +3,34 @@ graphs that match their weights (and are ignored when they do not)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
 
+import dqlr
 from dqlr.config import EnhanceOptions
 from dqlr.errors import DqlrError
 from dqlr.inference.engines import OnnxEngine, TorchEngine, pad_tiles, pick_engine
-from dqlr.inference.enhance import iter_enhanced
+from dqlr.inference.enhance import iter_enhanced, model_quantization_error
+from dqlr.io import write_stack
 from dqlr.model import pad_to_multiple
-from dqlr.model.checkpoint import SHIPPED, LoadedModel, build_network, load_model, save_checkpoint
+from dqlr.model.checkpoint import (
+    SHIPPED,
+    LoadedModel,
+    build_network,
+    describe_weights,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+    shipped_model_path,
+)
+from dqlr.model.familiarity import quantization_error
 from dqlr.model.graph import shipped_graph
 from dqlr.normalize import fit_normalization
 from dqlr.simulation import simulate_plant
@@ -146,3 +163,63 @@ def test_public_api_gives_the_same_with_either_engine_on_a_hand_made_stack() -> 
     assert default.dtype == np.float32 and default.shape == stack.shape
     close = np.isclose(default, with_torch, atol=1e-3 * float(np.ptp(with_torch)))
     assert close.mean() > 0.99
+
+
+# ----------------------------------------------------------------------------- without torch
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_descriptions_match_their_weights(name) -> None:
+    path = shipped_model_path(name)
+    described = json.loads(path.with_suffix(".json").read_text())
+    assert described == json.loads(json.dumps(describe_weights(path))), (
+        "run scripts/export_shipped_graphs.py after changing a shipped model"
+    )
+
+
+def test_a_shipped_model_on_a_cpu_is_the_same_model_without_its_network() -> None:
+    light, full = load_model("default"), load_model("default", lightweight=False)
+    assert not light.has_network and full.has_network and light.device_type == "cpu"
+    assert light.config == full.config and light.meta == full.meta
+    stack = simulate_plant(shape=(12, 96, 96), seed=5).observed
+    norm = fit_normalization(stack, 0.5, 99.8)
+    from_graph = model_quantization_error(light, stack, norm)  # familiarity on ONNX Runtime
+    from_network = quantization_error(full.network, stack, norm)
+    assert from_graph is not None and from_network is not None
+    assert from_graph == pytest.approx(from_network, rel=1e-3)
+    assert not light.has_network
+    for (k, a), (_, b) in zip(
+        light.network.state_dict().items(), full.network.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), k  # loaded on first use
+    assert light.has_network
+
+
+def test_a_description_of_other_weights_is_not_used(tmp_path) -> None:
+    """Edited weights beside the shipped graph and description load in full, from the weights."""
+    source = shipped_model_path("paper")
+    for suffix in (".onnx", ".json"):
+        shutil.copy(source.with_suffix(suffix), tmp_path / f"dqlr_paper{suffix}")
+    state = read_checkpoint(source)
+    state["metrics"] = {**(state.get("metrics") or {}), "edited": 1.0}
+    path = save_checkpoint(tmp_path / "dqlr_paper.pt", state)
+    edited = load_model(path)
+    assert edited.has_network and edited.meta["metrics"]["edited"] == 1.0
+
+
+def test_enhancing_on_a_cpu_never_imports_torch(tmp_path) -> None:
+    """A fresh `dqlr enhance` with the shipped model runs without torch (1.7 s of every start)
+    and writes what the model with its torch network gives on ONNX Runtime."""
+    stack = simulate_plant(shape=(8, 64, 64), seed=3).observed[::-1]  # turned over: a view
+    source = write_stack(tmp_path / "in.tif", stack, voxel_size=(1.0, 0.25, 0.25))
+    code = (
+        "import sys; from dqlr.cli import main; "
+        f"rc = main(['enhance', r'{source}', '-o', r'{tmp_path / 'out.tif'}', '--device', 'cpu']); "
+        "print('torch' in sys.modules); sys.exit(rc)"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split()[-1] == "False"
+    full = load_model("default", lightweight=False)
+    expected = dqlr.enhance(stack, full, voxel_size=(1.0, 0.25, 0.25), engine="onnx")
+    np.testing.assert_array_equal(dqlr.read_stack(tmp_path / "out.tif").data, expected)

@@ -279,9 +279,8 @@ def evaluate(
 def load_model(path: PathLike | None = None, device: str = "cpu") -> LoadedModel:
     """Load a model file (or a shipped model by name; None for the default) for inference."""
     from dqlr.model.checkpoint import load_model as _load_model
-    from dqlr.runtime import pick_device
 
-    return _load_model(path, device=pick_device(device))
+    return _load_model(path, device=device)
 
 
 def export(

@@ -231,7 +231,7 @@ def _prepare_graph(model: LoadedModel, options: EnhanceOptions) -> None:
     from dqlr.inference.engines import onnx_available
 
     onnx = options.engine != "torch" and not options.predict_next and onnx_available()
-    if onnx and model.device.type == "cpu" and model.config.model.initial_state == "zero":
+    if onnx and model.device_type == "cpu" and model.config.model.initial_state == "zero":
         model.step_graph()
 
 

@@ -8,15 +8,18 @@ the latents they hand back (what the slice below needs as state) stay in the eng
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
-import torch
 
 from dqlr.errors import DqlrError
 from dqlr.model.checkpoint import LoadedModel
 from dqlr.runtime import fast_math
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pad_tiles(tiles: np.ndarray, multiple: int) -> np.ndarray:
@@ -48,19 +51,27 @@ class TorchEngine:
         self.network, self.device, self.predict_next = model.network, model.device, predict_next
 
     def _levels(self, n: int, level: float | None) -> torch.Tensor | None:
+        import torch
+
         return None if level is None else torch.full((n,), level, device=self.device)
 
     def _tensor(self, tiles: np.ndarray) -> torch.Tensor:
+        import torch
+
         padded = pad_tiles(tiles, self.network.config.downsample)
         return torch.from_numpy(np.ascontiguousarray(padded[:, None])).to(self.device)
 
     def encode(self, tiles: np.ndarray, level: float | None) -> list[torch.Tensor]:
+        import torch
+
         with fast_math(), torch.inference_mode():
             return list(self.network.encode(self._tensor(tiles), self._levels(len(tiles), level)))
 
     def step(
         self, tiles: np.ndarray, level: float | None, above: Sequence[torch.Tensor | None]
     ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        import torch
+
         network, (h, w) = self.network, tiles.shape[-2:]
         with fast_math(), torch.inference_mode():
             latents = network.encode(self._tensor(tiles), self._levels(len(tiles), level))
@@ -75,29 +86,22 @@ class TorchEngine:
 
 
 class OnnxEngine:
-    """The model's step graph (dqlr.model.graph) on ONNX Runtime's CPU provider."""
+    """The model's step graph (dqlr.model.graph) on ONNX Runtime's CPU provider.
+
+    Needs no torch. Denormals are left as they are: flushing them in ONNX Runtime changed neither
+    its speed nor its output on the shipped model, and it also flushed them in the calling thread.
+    """
 
     def __init__(self, model: LoadedModel) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # as torch would use
-        options.inter_op_num_threads = 1
-        # Denormals flushed in ONNX Runtime's threads, as torch does under fast_math. The runtime also
-        # sets the calling thread's flags; fast_math puts them back after each call into it.
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        options.log_severity_level = 3
-        with fast_math():
-            self.session = ort.InferenceSession(
-                model.step_graph(), options, providers=["CPUExecutionProvider"]
-            )
+        self.session = _session(model)
         self.names = {i.name for i in self.session.get_inputs()}  # a paper-mode graph has no level
+        self.outputs = {o.name for o in self.session.get_outputs()}
         self.downsample = model.config.model.downsample
         self.channels = model.config.model.latent_channels
 
-    def _run(
+    def _feed(
         self, tiles: np.ndarray, level: float | None, context: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> dict[str, np.ndarray]:
         batch = pad_tiles(tiles, self.downsample)[:, None].astype(np.float32, copy=False)
         if context is None:
             b, _, h, w = batch.shape
@@ -105,9 +109,23 @@ class OnnxEngine:
         feed = {"tiles": np.ascontiguousarray(batch), "context": context}
         if "level" in self.names:
             feed["level"] = np.full(len(tiles), level or 0.0, np.float32)
-        with fast_math():
-            slices, latents = self.session.run(None, feed)
+        return feed
+
+    def _run(
+        self, tiles: np.ndarray, level: float | None, context: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        slices, latents = self.session.run(["slices", "latents"], self._feed(tiles, level, context))
         return slices, latents
+
+    def code_error(self, tiles: np.ndarray) -> np.ndarray | None:
+        """(distance of the codes to their dictionary entries, size of the codes), summed over
+        `tiles`, each tile its own context at level 0 (as dqlr.model.familiarity measures); None
+        for a graph made before it gave them."""
+        if "code_error" not in self.outputs:
+            return None
+        latents = self._run(tiles, 0.0, None)[1]
+        (error,) = self.session.run(["code_error"], self._feed(tiles, 0.0, latents))
+        return np.asarray(error, np.float64).sum(0)
 
     def encode(self, tiles: np.ndarray, level: float | None) -> list[np.ndarray]:
         return list(self._run(tiles, level, None)[1])  # latents do not depend on the context
@@ -125,6 +143,24 @@ class OnnxEngine:
         return slices[:, :, :h, :w], list(latents)
 
 
+def _session(model: LoadedModel) -> Any:
+    """The model's ONNX Runtime session, made once per model and thread count (0.1-0.3 s, and
+    its first run sets up memory for the shapes it meets)."""
+    import onnxruntime as ort
+
+    # as many threads as torch would use (a --threads setting), else ONNX Runtime's choice
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else 0
+    key = f"onnx session, {threads} threads"
+    if key not in model.cache:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        graph = model.step_graph()
+        model.cache[key] = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    return model.cache[key]
+
+
 def onnx_available() -> bool:
     try:
         import onnxruntime  # noqa: F401
@@ -137,7 +173,7 @@ def pick_engine(model: LoadedModel, name: str, predict_next: int) -> Engine:
     """ "auto": ONNX Runtime on a CPU for a model with a zero initial state and no predictions,
     torch otherwise. "onnx" asked for where it cannot run is an error."""
     reasons = []
-    if model.device.type != "cpu":
+    if model.device_type != "cpu":
         reasons.append(f"the model is on {model.device}")
     if predict_next:
         reasons.append("predictions of next slices are made with torch")

@@ -51,16 +51,19 @@ Pick: TypeAlias = int | Literal["all"] | None
 def as_model(model: ModelLike, device: str = "auto") -> LoadedModel:
     """A loaded model on `device`; "auto" leaves an already loaded model where it is."""
     from dqlr.model.checkpoint import LoadedModel, load_model
-    from dqlr.runtime import pick_device
+    from dqlr.runtime import pick_device, surely_cpu
 
     if not isinstance(model, LoadedModel):
-        return load_model(model, device=pick_device(device))
-    if device != "auto" and model.device != pick_device(device):
+        return load_model(model, device=device)
+    if device == "auto" or (surely_cpu(device) and model.device_type == "cpu"):
+        return model
+    if model.device != pick_device(device):
         model.network.to(pick_device(device))
     return model
 
 
 MIN_TILE = 64  # smallest tile tried after running out of memory
+BLAS_THREADS = 1  # NumPy's BLAS threads while the network runs (None: no limit; see iter_enhanced)
 # Codes this much farther from the dictionary than on the model's validation stack mean unfamiliar
 # structure. With the shipped default (dqlr.model.familiarity, top third of each stack): simulated
 # SAM stacks of 12-48 slices measured 0.77-1.10; SAM stacks that start deep in the tissue or come
@@ -103,14 +106,14 @@ def iter_enhanced(
 
     engine = pick_engine(model, options.engine, options.predict_next)
     depth, height, width = stack.shape
-    align = model.network.config.downsample
+    align = model.config.model.downsample
     tile = max(options.tile // align * align, align)
     batch_size, overlap = options.batch_size, options.overlap
     regions, box = window_grid((height, width), tile, overlap, align, window)
     above: Sequence[Any] | None = [None] * len(regions)
     # NumPy's BLAS threads keep spinning after each call (the guard's dot products, ...) and took
     # the cores from the network's threads: 20 % of its time on 2 cores (enhance_speed.md).
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
         for z in range(depth):
             plane = _read_plane(stack, z, box, norm)
             level = None if levels is None else float(levels[z])
@@ -378,15 +381,32 @@ def plan_enhancement(
     return Plan(views, norm, levels, notes + familiarity_notes(views[0], model, norm))
 
 
+def model_quantization_error(model: LoadedModel, stack: Any, norm: Normalization) -> float | None:
+    """dqlr.model.familiarity's quantization_error for a loaded model: from its ONNX graph when
+    its torch network is not loaded (a shipped model on a CPU: no torch needed), else from the
+    network."""
+    from dqlr.model.familiarity import quantization_error, sample_slices
+
+    if not model.config.model.quantize:
+        return None
+    if not model.has_network:
+        from dqlr.inference.engines import OnnxEngine
+
+        error = OnnxEngine(model).code_error(sample_slices(stack, norm))
+        if error is not None:
+            return float(error[0] / max(error[1], 1e-12))
+    return quantization_error(model.network, stack, norm)
+
+
 def familiarity_notes(view: StackView, model: LoadedModel, norm: Normalization) -> list[str]:
     """A note when the stack's structure is unlike the model's training data (see
     dqlr.model.familiarity); none for a model without a saved reference or quantizer."""
-    from dqlr.model.familiarity import METRIC, quantization_error
+    from dqlr.model.familiarity import METRIC
 
     reference = float((model.meta.get("metrics") or {}).get(METRIC) or 0.0)
     if min(view.shape[1:]) < FAMILIAR_MIN_SIDE:  # codes near the border dominate: no fair judgement
         return []
-    error = quantization_error(model.network, view, norm) if reference > 0 else None
+    error = model_quantization_error(model, view, norm) if reference > 0 else None
     if error is None or error <= UNFAMILIAR_RATIO * reference:
         return []
     return [

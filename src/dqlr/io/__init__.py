@@ -9,7 +9,7 @@ array).
 
 from dqlr.io.layout import Channel, Layout, read_layout
 from dqlr.io.read import read_stack
-from dqlr.io.stack import LazyStack, Stack, StackView, check_finite, check_stack, stack_format
+from dqlr.io.stack import LazyStack, Stack, StackView, check_finite, check_stack, resize, stack_format
 from dqlr.io.write import StackWriter, create_stack_writer, plane_index, write_stack
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "plane_index",
     "read_layout",
     "read_stack",
+    "resize",
     "stack_format",
     "write_stack",
 ]

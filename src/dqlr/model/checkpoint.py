@@ -9,18 +9,20 @@ schedule, sampler, random streams) so that a resumed run continues exactly; `exp
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from dqlr.atomic import atomic_path, refuse_existing
 from dqlr.config import Config
 from dqlr.errors import DqlrError
-from dqlr.model.graph import export_step_graph, file_digest, shipped_graph
-from dqlr.model.network import DQLR
+from dqlr.model.graph import export_step_graph, file_digest, model_description, shipped_graph
+from dqlr.runtime import surely_cpu
+
+if TYPE_CHECKING:
+    import torch
+
+    from dqlr.model.network import DQLR
 
 FORMAT = "dqlr-checkpoint"
 VERSION = 2  # 2: config split (mode at the top, no run options), weights_only-safe, no paths
@@ -37,19 +39,56 @@ DEFAULT_MODEL = "depth-aware"
 MODEL_KEYS = ("config", "model", "normalization", "voxel_size", "init", "epoch", "step", "metrics")
 
 
-@dataclass
 class LoadedModel:
-    """A network ready for inference, with the config and facts it was trained with."""
+    """A network ready for inference, with the config and facts it was trained with.
 
-    network: DQLR
-    config: Config
-    meta: dict[str, Any] = field(default_factory=dict)
-    path: str | None = None
-    _graph: bytes | None = field(default=None, repr=False)
+    A shipped model on a CPU comes without its torch network (`network=None`): its graph and its
+    description beside the weights are all that enhancement on ONNX Runtime needs, and torch
+    takes 1.7 s to import (benchmarks/results/enhance_speed.md). The network is loaded from
+    `path` on first use of `.network`.
+    """
+
+    def __init__(
+        self,
+        network: DQLR | None,
+        config: Config,
+        meta: dict[str, Any] | None = None,
+        path: str | None = None,
+        graph: bytes | None = None,
+    ) -> None:
+        if network is None and path is None:
+            raise DqlrError("internal: a model without its network needs the path of its weights")
+        self._network, self.config, self.path, self._graph = network, config, path, graph
+        self.meta: dict[str, Any] = {} if meta is None else meta
+        # what is made from the model once and reused (an ONNX Runtime session); never pickled
+        self.cache: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "cache": {}}
+
+    def __repr__(self) -> str:
+        return f"LoadedModel(mode={self.config.mode!r}, path={self.path!r})"
+
+    @property
+    def network(self) -> DQLR:
+        if self._network is None:
+            assert self.path is not None
+            self._network = load_model(self.path, "cpu", lightweight=False).network
+        return self._network
+
+    @property
+    def has_network(self) -> bool:
+        """Whether the torch network is loaded (a lightweight model loads it on first use)."""
+        return self._network is not None
 
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
+
+    @property
+    def device_type(self) -> str:
+        """ "cpu" or "cuda", without loading the network of a lightweight model (always the CPU)."""
+        return "cpu" if self._network is None else self.device.type
 
     def step_graph(self) -> bytes:
         """The network's one-slice step as ONNX (see dqlr.model.graph): the graph shipped with
@@ -68,6 +107,8 @@ def shipped_choices() -> str:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """torch.save to a temp file beside `path`, then rename: a crash never leaves half a file."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
     return Path(path)
@@ -83,6 +124,8 @@ def _load_plain(path: Path) -> dict[str, Any]:
         from dqlr.model.package import read_package
 
         return _checked(path, read_package(path))
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -209,12 +252,47 @@ def resolve_model_path(path: str | Path | None) -> Path:
 
 def build_network(config: Config) -> DQLR:
     """The untrained network a config describes (the mode decides its depth conditioning)."""
+    from dqlr.model.network import DQLR
+
     return DQLR(config.model, condition=config.conditioned)
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a checkpoint (or a shipped model by name, the default when None) for inference."""
+META_KEYS = ("epoch", "step", "normalization", "voxel_size", "init", "metrics")
+
+
+def describe_weights(path: str | Path) -> dict[str, Any]:
+    """The JSON description of a weights file that lets a CPU enhance without torch (see
+    model_description): all of the checkpoint but its weights, and the weights file's digest."""
+    from dqlr.model.graph import DIGEST_KEY
+
+    state = read_checkpoint(path)
+    return {
+        DIGEST_KEY: file_digest(path),
+        "config": state["config"],
+        **{k: state.get(k) for k in META_KEYS},
+    }
+
+
+def load_model(
+    path: str | Path | None = None, device: str | torch.device = "cpu", lightweight: bool = True
+) -> LoadedModel:
+    """Load a checkpoint (or a shipped model by name, the default when None) for inference.
+
+    On a CPU, a weights file with its graph and description beside it (the shipped models) loads
+    without torch (`lightweight`); its network is read when first used."""
     path = resolve_model_path(path)
+    if lightweight and surely_cpu(device) and path.is_file():
+        digest = file_digest(path)
+        description, graph = model_description(path, digest), shipped_graph(path, digest)
+        if description is not None and graph is not None:
+            config = Config.from_dict(description["config"], source=str(path))
+            meta = {k: description.get(k) for k in META_KEYS}
+            meta.update(mode=config.mode, sha256=digest)
+            return LoadedModel(None, config, meta, str(path), graph)
+    import torch
+
+    from dqlr.runtime import pick_device
+
     state = read_checkpoint(path)
     config = Config.from_dict(state["config"], source=str(path))
     # The random initial weights are overwritten; drawn on a stream of their own, they leave the
@@ -226,8 +304,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     except (RuntimeError, KeyError) as error:
         first = str(error).splitlines()[0][:120]
         raise DqlrError(f"{path}: weights do not match its config ({first})") from None
-    network.to(device).eval()
-    meta = {k: state.get(k) for k in ("epoch", "step", "normalization", "voxel_size", "init", "metrics")}
+    network.to(pick_device(device)).eval()
+    meta = {k: state.get(k) for k in META_KEYS}
     meta["mode"] = config.mode
     meta["sha256"] = file_digest(path)
     return LoadedModel(network=network, config=config, meta=meta, path=str(path))

@@ -15,13 +15,14 @@ top third; nuclei 1.52, a regular wall grid 1.63).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from dqlr.model.network import DQLR, pad_to_multiple
 from dqlr.normalize import Normalization, normalize
+
+if TYPE_CHECKING:
+    from dqlr.model.network import DQLR
 
 SAMPLE_SLICES = 6  # evenly spread over the stack
 SAMPLE_SIDE = 256  # central crop of each (statistics are the same across a slice)
@@ -38,17 +39,21 @@ def sample_slices(stack: Any, norm: Normalization) -> np.ndarray:
     return np.stack([normalize(c, norm) for c in crops]).astype(np.float32)
 
 
-@torch.inference_mode()
 def quantization_error(network: DQLR, stack: Any, norm: Normalization) -> float | None:
     """Mean relative distance of the sampled slices' codes to their dictionary entries; None for a
     model without quantizer. Each slice is its own context (no random initial state, no slice
     above needed), and a depth-aware model gets level 0: the check is about structure."""
+    import torch
+
+    from dqlr.model.network import pad_to_multiple
+
     if network.quantizer is None:
         return None
     device = next(network.parameters()).device
-    slices = torch.from_numpy(sample_slices(stack, norm)).to(device)[:, None]
-    latents = network.encode(pad_to_multiple(slices, network.config.downsample)[0], None)
-    codes = network.roll(latents, latents, 0)[0].float()
-    flat = codes.permute(0, 2, 3, 1).reshape(-1, codes.shape[1])
-    chosen = network.quantizer.codebook[network.quantizer.nearest(flat)].float()
-    return float(((flat - chosen) ** 2).sum() / (flat**2).sum().clamp_min(1e-12))
+    with torch.inference_mode():
+        slices = torch.from_numpy(sample_slices(stack, norm)).to(device)[:, None]
+        latents = network.encode(pad_to_multiple(slices, network.config.downsample)[0], None)
+        codes = network.roll(latents, latents, 0)[0].float()
+        flat = codes.permute(0, 2, 3, 1).reshape(-1, codes.shape[1])
+        chosen = network.quantizer.codebook[network.quantizer.nearest(flat)].float()
+        return float(((flat - chosen) ** 2).sum() / (flat**2).sum().clamp_min(1e-12))

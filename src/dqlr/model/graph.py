@@ -15,32 +15,48 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-
-from dqlr.model.network import DQLR
+if TYPE_CHECKING:
+    from dqlr.model.network import DQLR
 
 INPUTS = ("tiles", "level", "context")  # (B, 1, H, W), (B,), (B, C, H/ds, W/ds)
-OUTPUTS = ("slices", "latents")  # (B, 1, H, W), (B, C, H/ds, W/ds)
+# (B, 1, H, W), (B, C, H/ds, W/ds), and (B, 2): per tile the squared distance of its codes to their
+# dictionary entries and the codes' squared size (zeros without a quantizer; see familiarity)
+OUTPUTS = ("slices", "latents", "code_error")
 DIGEST_KEY = "dqlr_weights_sha256"  # metadata: the weights file the graph was made from
 OPSET = 17
 
 
-class _Step(nn.Module):
+def _step_module(network: DQLR) -> Any:
     """encode -> one recurrent step with the slice above as state -> quantize -> generate."""
+    import torch
+    from torch import Tensor, nn
 
-    def __init__(self, network: DQLR) -> None:
-        super().__init__()
-        self.network = network
+    class Step(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
 
-    def forward(self, tiles: Tensor, level: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        latents = self.network.encode(tiles, level if self.network.condition else None)
-        code, _ = self.network.recurrent(latents, context)
-        slices, _, _ = self.network.decode(code)
-        return slices, latents
+        def forward(self, tiles: Tensor, level: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            net = self.network
+            latents = net.encode(tiles, level if net.condition else None)
+            code, _ = net.recurrent(latents, context)
+            slices, _, _ = net.decode(code)
+            b, c = code.shape[:2]
+            flat = code.permute(0, 2, 3, 1).reshape(b, -1, c).float()
+            if net.quantizer is None:
+                error = torch.zeros(b, 2)
+            else:
+                chosen = net.quantizer.codebook[net.quantizer.nearest(flat.reshape(-1, c))].float()
+                distance = ((flat - chosen.reshape(b, -1, c)) ** 2).sum((1, 2))
+                error = torch.stack([distance, (flat**2).sum((1, 2))], 1)
+            return slices, latents, error
+
+    return Step()
 
 
 def file_digest(path: str | Path) -> str:
@@ -50,11 +66,12 @@ def file_digest(path: str | Path) -> str:
 def export_step_graph(network: DQLR, digest: str = "") -> bytes:
     """The step graph of `network` (ONNX, batch and slice size free), with the weights' digest."""
     import onnx  # only needed to write a graph
+    import torch
 
     ds, channels = network.config.downsample, network.config.latent_channels
     if next(network.parameters()).device.type != "cpu":  # export a CPU copy; leave the model where it is
         network = copy.deepcopy(network).cpu()
-    step = _Step(network).eval()
+    step = _step_module(network).eval()
     example = (torch.zeros(1, 1, 4 * ds, 4 * ds), torch.zeros(1), torch.zeros(1, channels, 4, 4))
     tiles_axes = {0: "batch", 2: "height", 3: "width"}
     latent_axes = {0: "batch", 2: "latent_height", 3: "latent_width"}
@@ -73,6 +90,7 @@ def export_step_graph(network: DQLR, digest: str = "") -> bytes:
                 "context": latent_axes,
                 "slices": tiles_axes,
                 "latents": latent_axes,
+                "code_error": {0: "batch"},
             },
             opset_version=OPSET,
             dynamo=False,
@@ -90,3 +108,19 @@ def shipped_graph(weights: str | Path, digest: str) -> bytes | None:
     data = path.read_bytes()
     # The digest is stored as a plain string in the file's metadata; finding it needs no parser.
     return data if f"{DIGEST_KEY}".encode() in data and digest.encode() in data else None
+
+
+def model_description(weights: str | Path, digest: str) -> dict[str, Any] | None:
+    """What a weights file holds besides its weights (config, normalisation, voxel size, metrics:
+    scripts/export_shipped_graphs.py writes it beside the shipped ones as JSON), if it was made
+    from exactly these weights: with the graph, enough to enhance on a CPU without torch."""
+    path = Path(weights).with_suffix(".json")
+    if not digest or not path.is_file():
+        return None
+    try:
+        description = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(description, dict) or description.get(DIGEST_KEY) != digest:
+        return None
+    return description

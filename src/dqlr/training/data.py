@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dqlr.io.stack import resize
+from dqlr.io import resize
 from dqlr.normalize import Normalization, normalize
 
 Columns = tuple[int, int] | None  # [first, stop) of the x range windows are taken from; None: all

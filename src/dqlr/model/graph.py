@@ -1,13 +1,14 @@
 """The network's step for one slice as an ONNX graph, for a runtime faster than torch on a CPU.
 
 One call takes a batch of tiles of a slice, their degradation level and the latents of the slice
-above, and gives the enhanced tiles and the tiles' own latents (the slice below needs them):
-E, R, Q and G in one graph. ONNX Runtime runs it 1.6x faster than torch on 2 CPU cores
+above, and gives the enhanced tiles, the tiles' own latents (the slice below needs them) and how far
+their codes lie from the dictionary (the familiarity check): E, R, Q and G in one graph. ONNX Runtime runs it 2.2x faster than torch on 2 CPU cores
 (benchmarks/results/enhance_speed.md). Predictions of the next slices stay with torch.
 
-The shipped models come with their graph (`dqlr_*.onnx` beside the `.pt`, made by
-scripts/export_shipped_graphs.py); it is used only while it records the SHA-256 of the weights file
-beside it. Any other model is exported once, in memory, when first enhanced (about 1.5 s).
+The shipped models come with their graph and a description of the rest of the checkpoint
+(`dqlr_*.onnx` and `dqlr_*.json` beside the `.pt`, made by scripts/export_shipped_graphs.py); each
+is used only while it records the SHA-256 of the weights file beside it. With both, a CPU enhances
+without torch. Any other model is exported once, in memory, when first enhanced (about 1.5 s).
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,6 +129,18 @@ def model_load_seconds(lightweight: bool) -> float:
     return float(out.stdout.split()[-1])
 
 
+def timed_with(module: Any, name: str, value: Any, work: Callable[[], object]) -> float:
+    """Seconds `work()` takes with `module.name` set to `value` (put back afterwards)."""
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        started = time.perf_counter()
+        work()
+        return time.perf_counter() - started
+    finally:
+        setattr(module, name, saved)
+
+
 def steps(stack: np.ndarray, model: LoadedModel) -> list[tuple[str, str, float, float]]:
     """What each change of issue 14 bought, each measured before and after in this run."""
     options = EnhanceOptions(voxel_size=(1.0, 0.25, 0.25))
@@ -144,32 +158,19 @@ def steps(stack: np.ndarray, model: LoadedModel) -> list[tuple[str, str, float, 
             pass
         return time.perf_counter() - started
 
+    def levels() -> object:
+        return degradation_levels(stack, model)
+
     def estimate(noise_pixels: float) -> float:
-        saved, noise.NOISE_PIXELS = noise.NOISE_PIXELS, noise_pixels
-        try:
-            started = time.perf_counter()
-            degradation_levels(stack, model)
-            return time.perf_counter() - started
-        finally:
-            noise.NOISE_PIXELS = saved
+        return timed_with(noise, "NOISE_PIXELS", noise_pixels, levels)
 
     def slice_threads(threads: int) -> float:
-        saved, ops.MAX_SLICE_THREADS = ops.MAX_SLICE_THREADS, threads
-        try:
-            started = time.perf_counter()
-            degradation_levels(stack, model)
-            return time.perf_counter() - started
-        finally:
-            ops.MAX_SLICE_THREADS = saved
+        return timed_with(ops, "MAX_SLICE_THREADS", threads, levels)
 
     def blas_limited(limit: int | None) -> float:
-        saved, enhance_module.BLAS_THREADS = enhance_module.BLAS_THREADS, limit
-        try:
-            started = time.perf_counter()
-            enhance(stack, model, voxel_size=(1.0, 0.25, 0.25))
-            return time.perf_counter() - started
-        finally:
-            enhance_module.BLAS_THREADS = saved
+        return timed_with(
+            enhance_module, "BLAS_THREADS", limit, lambda: enhance(stack, model, voxel_size=(1.0, 0.25, 0.25))
+        )
 
     def whole_or_blur(blur_only: bool) -> float:
         from dqlr.degradation import estimate_degradation

@@ -2,8 +2,9 @@
 
 One call takes a batch of tiles of a slice, their degradation level and the latents of the slice
 above, and gives the enhanced tiles, the tiles' own latents (the slice below needs them) and how far
-their codes lie from the dictionary (the familiarity check): E, R, Q and G in one graph. ONNX Runtime runs it 2.2x faster than torch on 2 CPU cores
-(benchmarks/results/enhance_speed.md). Predictions of the next slices stay with torch.
+their codes lie from the dictionary (the familiarity check): E, R, Q and G in one graph. ONNX
+Runtime runs it 2.2x faster than torch on 2 CPU cores (benchmarks/results/enhance_speed.md).
+Predictions of the next slices stay with torch.
 
 The shipped models come with their graph and a description of the rest of the checkpoint
 (`dqlr_*.onnx` and `dqlr_*.json` beside the `.pt`, made by scripts/export_shipped_graphs.py); each

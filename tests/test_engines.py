@@ -223,3 +223,18 @@ def test_enhancing_on_a_cpu_never_imports_torch(tmp_path) -> None:
     full = load_model("default", lightweight=False)
     expected = dqlr.enhance(stack, full, voxel_size=(1.0, 0.25, 0.25), engine="onnx")
     np.testing.assert_array_equal(dqlr.read_stack(tmp_path / "out.tif").data, expected)
+
+
+def test_only_a_device_that_must_be_the_cpu_skips_torch(monkeypatch, tmp_path) -> None:
+    """ "auto" means the CPU without importing torch only where CUDA cannot be: Linux without the
+    NVIDIA driver. Anything else loads the model with its network, as before."""
+    from dqlr import runtime
+
+    assert runtime.surely_cpu("cpu") and not runtime.surely_cpu("cuda")
+    monkeypatch.setattr(runtime.sys, "platform", "linux")
+    monkeypatch.setattr(runtime, "Path", lambda _: tmp_path / "no-driver")
+    assert runtime.surely_cpu("auto")
+    monkeypatch.setattr(runtime, "Path", lambda _: tmp_path)  # a driver is there
+    assert not runtime.surely_cpu("auto")
+    monkeypatch.setattr("dqlr.model.checkpoint.surely_cpu", runtime.surely_cpu)
+    assert load_model("default", device="auto").has_network  # torch decides

@@ -238,3 +238,21 @@ def test_only_a_device_that_must_be_the_cpu_skips_torch(monkeypatch, tmp_path) -
     assert not runtime.surely_cpu("auto")
     monkeypatch.setattr("dqlr.model.checkpoint.surely_cpu", runtime.surely_cpu)
     assert load_model("default", device="auto").has_network  # torch decides
+
+
+def test_running_out_of_memory_without_torch_stays_without_it(stack, monkeypatch) -> None:
+    """The shrink-and-retry path of a shipped model on a CPU does not load its torch network."""
+    model = load_model("paper")
+    norm = fit_normalization(stack)
+    run = OnnxEngine._run
+
+    def small_only(self, tiles, level, context):
+        if tiles.shape[-1] * tiles.shape[-2] * len(tiles) > 72 * 72:
+            raise _OrtAllocationError(
+                "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory"
+            )
+        return run(self, tiles, level, context)
+
+    monkeypatch.setattr(OnnxEngine, "_run", small_only)
+    shrunk = [s for s, _, _ in iter_enhanced(stack, model, norm, EnhanceOptions(tile=512, overlap=16))]
+    assert len(shrunk) == len(stack) and not model.has_network

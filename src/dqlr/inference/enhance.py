@@ -131,7 +131,7 @@ def iter_enhanced(
                     if not is_out_of_memory(error):
                         raise
                 # Out of the except block, so the failed attempt's tensors are already released.
-                if model.device.type == "cuda":
+                if model.device_type == "cuda":
                     import torch
 
                     torch.cuda.empty_cache()

@@ -150,7 +150,7 @@ def adapt(
 
     from dqlr.errors import DqlrWarning
     from dqlr.inference.enhance import as_model, fit_stack_normalization, model_views
-    from dqlr.io import Stack, StackView, check_stack
+    from dqlr.io import Stack, check_stack
     from dqlr.io import read_stack as _read_stack
     from dqlr.reporting.figures import CurvePlotter
     from dqlr.training.adapt import adapt as _adapt
@@ -196,7 +196,7 @@ def adapt(
                 above_focus = len(views) > 1 and view.flip  # defocus alone: see pair_sampler
                 own = None  # pairs are made at the stack's own pixels (see PairSampler)
                 if view.zoom != 1.0:
-                    own = np.asarray(StackView(data, view.flip, 1.0, view.start, view.stop))
+                    own = np.asarray(view.at_own_pixels())
                 prepared.append(
                     TrainingStack(np.asarray(view), whole, label, seen, above_focus, own, view.zoom)
                 )

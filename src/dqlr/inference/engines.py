@@ -100,7 +100,7 @@ class OnnxEngine:
         self.channels = model.config.model.latent_channels
 
     def _feed(
-        self, tiles: np.ndarray, level: float | None, context: np.ndarray | None
+        self, tiles: np.ndarray, level: float | None, context: np.ndarray | None, own_context: float = 0.0
     ) -> dict[str, np.ndarray]:
         batch = pad_tiles(tiles, self.downsample)[:, None].astype(np.float32, copy=False)
         if context is None:
@@ -109,6 +109,8 @@ class OnnxEngine:
         feed = {"tiles": np.ascontiguousarray(batch), "context": context}
         if "level" in self.names:
             feed["level"] = np.full(len(tiles), level or 0.0, np.float32)
+        if "own_context" in self.names:
+            feed["own_context"] = np.full(len(tiles), own_context, np.float32)
         return feed
 
     def _run(
@@ -121,10 +123,9 @@ class OnnxEngine:
         """(distance of the codes to their dictionary entries, size of the codes), summed over
         `tiles`, each tile its own context at level 0 (as dqlr.model.familiarity measures); None
         for a graph made before it gave them."""
-        if "code_error" not in self.outputs:
+        if "code_error" not in self.outputs or "own_context" not in self.names:
             return None
-        latents = self._run(tiles, 0.0, None)[1]
-        (error,) = self.session.run(["code_error"], self._feed(tiles, 0.0, latents))
+        (error,) = self.session.run(["code_error"], self._feed(tiles, 0.0, None, own_context=1.0))
         return np.asarray(error, np.float64).sum(0)
 
     def encode(self, tiles: np.ndarray, level: float | None) -> list[np.ndarray]:

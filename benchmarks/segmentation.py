@@ -2,19 +2,23 @@
 """Deep cells a standard segmentation finds, for every method (issue 15, point 1).
 
     .venv/bin/python benchmarks/segmentation.py [--supervised runs/supervised/best.pt]
+        [--ablation runs/default/depth-aware-noquant/best.pt]
 
 Plants of benchmarks/quality.py: the validation plant (seed 104) chooses, the test plant (seed 105)
 is scored once. Methods: the input, Gaussian smoothing and Richardson-Lucy with the settings tuned
 on the validation plant (results/quality.json), the shipped models (depth-aware default, paper,
 its no-quantization ablation), the clean stack (what the segmentation itself can do) and, when
-its model is there, the supervised ceiling of benchmarks/supervised_ceiling.py (benchmark only).
+their runs are there, the default's recipe without quantization and the supervised ceiling of
+benchmarks/supervised_ceiling.py (benchmark only).
 
 The seeded watershed of dqlr.evaluation.segmentation gets, for each method, the smoothing and seed
 depth that find the most true cells in the deepest third of the validation plant (a 5 x 4 grid),
 so no method loses by a setting that suits another. Scores on the test plant's deepest third:
 share of true cells found at IoU >= 0.5; the same share among the cells that the segmentation
 finds in the clean stack (how the issue counted); adapted Rand error; split and merged cells per
-slice. Writes results/segmentation.json and .md.
+slice. The same again with the stack segmented as one volume (a 3-D seeded watershed,
+`segment_stack(..., volume=True)`; smoothing in and across slices chosen per method on the
+validation plant from a 2 x 2 grid). Writes results/segmentation.json and .md.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ import numpy as np
 
 import dqlr
 from dqlr.evaluation.baselines import gaussian_smoothing, richardson_lucy
-from dqlr.evaluation.segmentation import SegmentationSettings, matched_cells, segment_slice, slice_scores
+from dqlr.evaluation.metrics import psnr_affine
+from dqlr.evaluation.segmentation import (
+    SegmentationSettings,
+    matched_cells,
+    segment_slice,
+    segment_stack,
+    slice_scores,
+)
 from dqlr.model.checkpoint import LoadedModel
 from dqlr.simulation import SimulatedPlant
 
@@ -43,9 +54,15 @@ SHIPPED = {
     "dqlr paper, no quantization": "noquant",
 }
 CEILING = "supervised ceiling (clean targets; benchmark only)"
+ABLATION = "dqlr depth-aware, no quantization"
+# the volume segmentation's grid (sigma in slices, sigma across slices; h 0.02: on the clean and the
+# raw validation plant h 0.01-0.04 changed the cells found by under a point)
+VOLUME_GRID = [SegmentationSettings(sigma_px=s, sigma_z_px=z) for s, z in product((1.0, 2.0), (0.0, 1.0))]
 
 
-def methods(plant: SimulatedPlant, tuned: dict, supervised: LoadedModel | None) -> dict[str, np.ndarray]:
+def methods(
+    plant: SimulatedPlant, tuned: dict, supervised: LoadedModel | None, ablation: LoadedModel | None = None
+) -> dict[str, np.ndarray]:
     observed = plant.observed
     out = {
         "input": observed,
@@ -58,6 +75,8 @@ def methods(plant: SimulatedPlant, tuned: dict, supervised: LoadedModel | None) 
         warnings.simplefilter("ignore")
         for name, model in SHIPPED.items():
             out[name] = dqlr.enhance(observed, model, voxel_size=(1.0, 0.25, 0.25))
+        if ablation is not None:
+            out[ABLATION] = dqlr.enhance(observed, ablation, voxel_size=(1.0, 0.25, 0.25), device="cpu")
         if supervised is not None:
             out[CEILING] = dqlr.enhance(observed, supervised, voxel_size=(1.0, 0.25, 0.25), device="cpu")
     out["clean stack (the segmentation's own limit)"] = plant.clean
@@ -78,26 +97,44 @@ def score(stack: np.ndarray, truth: np.ndarray, settings: SegmentationSettings) 
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
 
+def score_volume(stack: np.ndarray, truth: np.ndarray, settings: SegmentationSettings) -> dict[str, float]:
+    segments = segment_stack(stack, settings, volume=True)
+    rows = [slice_scores(truth[z], segments[z]) for z in deep(stack)]
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--supervised", type=Path, default=ROOT / "runs" / "supervised" / "best.pt")
+    parser.add_argument(
+        "--ablation",
+        type=Path,
+        default=ROOT / "runs" / "default" / "depth-aware-noquant" / "best.pt",
+        help="the default's recipe without quantization (scripts/train_default_model.py --only "
+        "depth-aware-noquant)",
+    )
     args = parser.parse_args()
     supervised = dqlr.load_model(args.supervised) if args.supervised.exists() else None
+    ablation = dqlr.load_model(args.ablation) if args.ablation.exists() else None
     quality = json.loads((RESULTS / "quality.json").read_text())["settings"]
     tuned = {"gaussian": quality["gaussian_smoothing_tuned"], "rl": quality["richardson_lucy_tuned"]}
     validation, test = dqlr.simulate(seed=104), dqlr.simulate(seed=105)
     grid = [SegmentationSettings(sigma_px=s, h=h) for s, h in product(SIGMAS, DEPTHS)]
     chosen, on_validation = {}, {}
-    for name, stack in methods(validation, tuned, supervised).items():
+    chosen_volume, volume_validation = {}, {}
+    for name, stack in methods(validation, tuned, supervised, ablation).items():
         found = [score(stack, validation.labels, g)["matched"] for g in grid]
         chosen[name], on_validation[name] = grid[int(np.argmax(found))], found
         print(f"{name}: sigma {chosen[name].sigma_px}, h {chosen[name].h} (validation {max(found):.3f})")
+        found = [score_volume(stack, validation.labels, g)["matched"] for g in VOLUME_GRID]
+        chosen_volume[name], volume_validation[name] = VOLUME_GRID[int(np.argmax(found))], found
+        print(f"{name}, volume: {chosen_volume[name]} (validation {max(found):.3f})", flush=True)
     # the one setting for everything (dqlr evaluate's default): best on average over the methods a
     # user has (neither the clean stack nor the supervised ceiling)
     users = [v for n, v in on_validation.items() if not n.startswith("clean") and n != CEILING]
     average = np.mean(users, axis=0)
     common = grid[int(np.argmax(average))]
-    results = methods(test, tuned, supervised)
+    results = methods(test, tuned, supervised, ablation)
     clean_name = next(n for n in results if n.startswith("clean"))
     clean_found = [
         found_cells(test.labels[z], segment_slice(test.clean[z], chosen[clean_name]))
@@ -111,8 +148,13 @@ def main() -> None:
             sum(len(f & c) for f, c in zip(found, clean_found, strict=True)) / sum(map(len, clean_found))
         )
         row["sigma_px"], row["h"] = chosen[name].sigma_px, chosen[name].h
+        row["psnr_deep"] = float(np.mean([psnr_affine(stack[z], test.clean[z]) for z in deep(stack)]))
         row["validation_matched"] = float(max(on_validation[name]))
         row["matched_common_setting"] = score(stack, test.labels, common)["matched"]
+        row["volume"] = score_volume(stack, test.labels, chosen_volume[name])
+        row["volume"]["sigma_px"] = chosen_volume[name].sigma_px
+        row["volume"]["sigma_z_px"] = chosen_volume[name].sigma_z_px
+        row["volume"]["validation_matched"] = float(max(volume_validation[name]))
         rows[name] = row
         print(name, row)
     RESULTS.mkdir(exist_ok=True)
@@ -128,6 +170,13 @@ def main() -> None:
         "test_plant_deepest_third": rows,
         "test_cells_under_20_px": grazed,
         "validation_cells_found": validation_grid,
+        "validation_cells_found_volume": {
+            name: {
+                f"sigma {g.sigma_px:g}, sigma_z {g.sigma_z_px:g}": v
+                for g, v in zip(VOLUME_GRID, found, strict=True)
+            }
+            for name, found in volume_validation.items()
+        },
         "common_setting": {"sigma_px": common.sigma_px, "h": common.h},
     }
     (RESULTS / "segmentation.json").write_text(json.dumps(summary, indent=2))
@@ -136,17 +185,20 @@ def main() -> None:
         "",
         "Command: `.venv/bin/python benchmarks/segmentation.py`"
         + (" (with the supervised ceiling's model in runs/supervised)" if supervised else "")
+        + (" and the depth-aware ablation in runs/default/depth-aware-noquant" if ablation else "")
         + ". Test plant (seed 105 of the six-plant "
         "layout, 48 x 256 x 256), deepest third (16 slices). Seeded watershed of "
         "`dqlr.evaluation.segmentation`; its smoothing (sigma, px) and seed depth (h, share of the "
         "slice's range) chosen per method on the validation plant (seed 104). A cell is found when "
         "a segment overlaps it at IoU >= 0.5.",
         "",
-        "| method | cells found | of those found in the clean stack | adapted Rand error | split / slice "
-        "| merged / slice | sigma, h | cells found, validation plant | cells found, one setting for all |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | PSNR deep (dB) | cells found | of those found in the clean stack | adapted Rand error "
+        "| split / slice | merged / slice | sigma, h | cells found, validation plant "
+        "| cells found, one setting for all |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(
-            f"| {name} | {r['matched']:.1%} | {r['of_clean']:.1%} | {r['rand_error']:.3f} | {r['split']:.1f} "
+            f"| {name} | {r['psnr_deep']:.2f} | {r['matched']:.1%} | {r['of_clean']:.1%} "
+            f"| {r['rand_error']:.3f} | {r['split']:.1f} "
             f"| {r['merged']:.1f} | {r['sigma_px']:g}, {r['h']:g} | {r['validation_matched']:.1%} "
             f"| {r['matched_common_setting']:.1%} |"
             for name, r in rows.items()
@@ -161,6 +213,23 @@ def main() -> None:
         f"px, h {common.h:g}, the best on the validation plant averaged over the methods (clean stack "
         "and the supervised ceiling left out); every method's validation score for every setting is in "
         "segmentation.json.",
+        "",
+        "## The stack segmented as one volume",
+        "",
+        "`segment_stack(..., volume=True)` (`dqlr evaluate --labels --volume`): one 3-D seeded watershed, "
+        "each slice scaled by its own range; smoothing in the slice (sigma) and across slices (sigma_z, "
+        "in slices) chosen per method on the validation plant, h 0.02. Scored slice by slice as above.",
+        "",
+        "| method | cells found | gain over slice by slice (points) | adapted Rand error | split / slice "
+        "| merged / slice | sigma, sigma_z | cells found, validation plant |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {r['volume']['matched']:.1%} | {100 * (r['volume']['matched'] - r['matched']):+.1f} "
+            f"| {r['volume']['rand_error']:.3f} | {r['volume']['split']:.1f} | {r['volume']['merged']:.1f} "
+            f"| {r['volume']['sigma_px']:g}, {r['volume']['sigma_z_px']:g} "
+            f"| {r['volume']['validation_matched']:.1%} |"
+            for name, r in rows.items()
+        ),
     ]
     (RESULTS / "segmentation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -267,13 +267,21 @@ def enhance_files(
 
 
 def evaluate(
-    result: np.ndarray, reference: np.ndarray | None = None, input: np.ndarray | None = None
+    result: np.ndarray,
+    reference: np.ndarray | None = None,
+    input: np.ndarray | None = None,
+    *,
+    labels: np.ndarray | None = None,
+    segment: bool = False,
+    volume: bool = False,
 ) -> dict[str, Any]:
     """Quality by depth: PSNR/SSIM against a clean reference if given, and always sharpness,
-    membrane contrast and noise; with `input`, the gain over it per third of the stack."""
+    membrane contrast and noise; with `input`, the gain over it per third of the stack. With true
+    cell `labels` (or `segment`), a membrane segmentation scored (or counted) by depth, slice by
+    slice or, with `volume`, as one 3-D watershed (as `dqlr evaluate --labels/--segment/--volume`)."""
     from dqlr.evaluation.metrics import evaluate as _evaluate
 
-    return _evaluate(result, reference, input)
+    return _evaluate(result, reference, input, labels, segment, volume)
 
 
 def load_model(path: PathLike | None = None, device: str = "cpu") -> LoadedModel:

@@ -19,7 +19,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dqlr.atomic import atomic_path, write_text
 from dqlr.errors import DqlrError
-from dqlr.evaluation.segmentation import SCORES, segment_slice, slice_scores
+from dqlr.evaluation.segmentation import SCORES, segment_slice, segment_stack, slice_scores
 from dqlr.io import check_finite, read_stack
 from dqlr.tissue import tissue_mask
 
@@ -194,11 +194,19 @@ def _check_shapes(shapes: dict[str, tuple[int, ...]]) -> None:
 
 
 def _measure(
-    stack: Any, reference: Any | None, name: str | None, labels: Any | None = None, segment: bool = False
+    stack: Any,
+    reference: Any | None,
+    name: str | None,
+    labels: Any | None = None,
+    segment: bool = False,
+    volume: bool = False,
 ) -> dict[str, Any]:
-    """Per-slice measures of one stack and their thirds; reads one slice at a time."""
+    """Per-slice measures of one stack and their thirds; reads one slice at a time (all of them
+    at once for a volume segmentation)."""
     names = _metrics(reference, labels, segment)
     values: dict[str, list[float]] = {key: [] for key in names}
+    segmented = (labels is not None or segment) and volume
+    in_3d = segment_stack(stack, volume=True) if segmented else None
     for z in range(int(stack.shape[0])):
         plane = np.asarray(stack[z], np.float64)
         if name is not None:
@@ -211,7 +219,7 @@ def _measure(
         values["contrast"].append(membrane_contrast(plane))
         values["noise"].append(noise_level(plane))
         if labels is not None or segment:
-            cells = segment_slice(plane)
+            cells = in_3d[z] if in_3d is not None else segment_slice(plane)
             values["cells"].append(float(len(np.unique(cells[cells > 0]))))
         if labels is not None:
             for key, value in slice_scores(np.asarray(labels[z]), cells).items():
@@ -236,6 +244,7 @@ def _evaluate(
     names: dict[str, str | None],
     labels: Any | None = None,
     segment: bool = False,
+    volume: bool = False,
 ) -> dict[str, Any]:
     shapes = {names["result"] or "result": tuple(result.shape)}
     if reference is not None:
@@ -245,6 +254,8 @@ def _evaluate(
     if input is not None:
         shapes[names["input"] or "input"] = tuple(input.shape)
     _check_shapes(shapes)
+    if volume and labels is None and not segment:
+        raise DqlrError("a volume segmentation (--volume) needs --labels or --segment")
     metrics = _metrics(reference, labels, segment)
     evaluation: dict[str, Any] = {
         "n_slices": int(result.shape[0]),
@@ -252,10 +263,11 @@ def _evaluate(
         "has_reference": reference is not None,
         "has_labels": labels is not None,
         "has_input": input is not None,
-        "result": _measure(result, reference, names["result"], labels, segment),
+        "result": _measure(result, reference, names["result"], labels, segment, volume),
+        "segmentation": "volume" if volume else "slices",
     }
     if input is not None:
-        before = _measure(input, reference, names["input"], labels, segment)
+        before = _measure(input, reference, names["input"], labels, segment, volume)
         after = evaluation["result"]["thirds"]
         evaluation["input"] = before
         evaluation["gain"] = {
@@ -271,6 +283,7 @@ def evaluate(
     input: Any | None = None,
     labels: Any | None = None,
     segment: bool = False,
+    volume: bool = False,
 ) -> dict[str, Any]:
     """Per-slice measures and top/middle/deep means of a result, and of its input if given.
 
@@ -278,12 +291,13 @@ def evaluate(
     contrast and noise level, so real stacks can be judged too. With true cell labels: a standard
     membrane segmentation of every slice scored against them (dqlr.evaluation.segmentation: share
     of cells found at IoU >= 0.5, adapted Rand error, split and merged cells); with labels or
-    `segment`, the number of cells that segmentation finds per slice. "gain" is result
+    `segment`, the number of cells that segmentation finds per slice; with `volume` the stack is
+    segmented as one volume (a 3-D seeded watershed, read whole) instead. "gain" is result
     minus input per third (for noise, Rand error, split and merged, lower is better). Stacks may be
     lazy; they are read one slice at a time.
     """
     names: dict[str, str | None] = {"result": None, "reference": None, "input": None, "labels": None}
-    return _evaluate(result, reference, input, names, labels, segment)
+    return _evaluate(result, reference, input, names, labels, segment, volume)
 
 
 def _jsonable(value: Any) -> Any:
@@ -332,7 +346,8 @@ def format_table(evaluation: dict[str, Any]) -> str:
             cells = "".join(f"{_number(values[m][third], _FORMATS[m], sign):>{width}}" for m in metrics)
             lines.append(f"{third if i == 0 else '':<8}{label:<8}" + cells)
     lower = [_LABELS[m] for m in LOWER_IS_BETTER if m in metrics]
-    counted = "; cells: how many the segmentation finds" if "cells" in metrics else ""
+    in_3d = " (one 3-D watershed of the stack)" if evaluation.get("segmentation") == "volume" else ""
+    counted = f"; cells: how many the segmentation{in_3d} finds" if "cells" in metrics else ""
     notes = f"{', '.join(lower)}: lower is better{counted}; the others: higher is better"
     if evaluation.get("has_reference"):
         notes += "; PSNR/SSIM after an affine fit to the reference"
@@ -365,6 +380,7 @@ def evaluate_files(
     csv_path: str | os.PathLike | None = None,
     labels_path: str | os.PathLike | None = None,
     segment: bool = False,
+    volume: bool = False,
 ) -> dict[str, Any]:
     """`evaluate` on stacks read from files (lazily, slice by slice); optionally writes JSON and CSV."""
     result = read_stack(result_path, lazy=True)
@@ -384,6 +400,7 @@ def evaluate_files(
         names,
         None if labels is None else labels.data,
         segment,
+        volume,
     )
     evaluation["files"] = names
     if json_path is not None:

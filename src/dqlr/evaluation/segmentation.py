@@ -19,6 +19,12 @@ yardstick for raw, smoothed and enhanced stacks alike. Seeds from a distance tra
 thresholded interior, a ridge-filter (Sato) boundary map and a compact watershed were tried on the
 validation plant as well and found no more cells (within a point), so the plain one stays.
 
+`segment_stack(..., volume=True)` floods the whole stack at once instead (a 3-D seeded watershed,
+each slice scaled by its own range first): a cell the slice only grazes, or whose wall lies flat in
+the slice, takes its seed and borders from the slices above and below. On the validation plant's
+clean deepest third it found 85 % of the true cells against 82 % slice by slice, and on the raw
+input 70 % against 62 % (benchmarks/results/segmentation.md has both for every method).
+
 What no per-slice segmentation finds: 8-10 % of the true cells of a deep slice are under 20 px
 (the slice grazes them), and cells cut where walls lie nearly flat in the slice sit under a bright
 band instead of inside walls. Even one seed per true cell, placed by the labels, finds about 85 %
@@ -28,6 +34,7 @@ of the cells of a clean deep slice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -36,6 +43,7 @@ from skimage.metrics import adapted_rand_error
 from skimage.morphology import h_minima
 from skimage.segmentation import watershed
 
+from dqlr.errors import DqlrError
 from dqlr.tissue import tissue_mask
 
 MATCH_IOU = 0.5
@@ -53,6 +61,7 @@ class SegmentationSettings:
     sigma_px: float = 2.0
     h: float = 0.02
     min_cell_px: int = 16
+    sigma_z_px: float = 0.0  # smoothing across slices (volume segmentation only)
 
 
 def _smoothed_noise(image: np.ndarray, sigma_px: float) -> float:
@@ -89,6 +98,50 @@ def segment_slice(image: np.ndarray, settings: SegmentationSettings = Segmentati
     counts = np.bincount(labels.ravel())
     share = np.bincount(labels.ravel(), weights=inside.ravel()) / np.maximum(counts, 1)
     labels[share[labels] < 0.5] = 0
+    return labels.astype(np.int32)
+
+
+def segment_stack(
+    stack: Any, settings: SegmentationSettings = SegmentationSettings(), volume: bool = False
+) -> np.ndarray:
+    """Cell labels of a ZYX membrane stack: slice by slice (`segment_slice`), or with `volume` as one
+    3-D seeded watershed (the whole stack is held in memory as float32).
+
+    Every slice is scaled by its own p1-p99 range before the flood, as a slice alone would be:
+    deep slices are dimmer, and one range for the stack would leave their walls too faint to stop
+    the flood. Slices with no cells (see `segment_slice`) and segments mostly outside the tissue
+    are dropped slice by slice, as in `segment_slice`.
+    """
+    if not volume:
+        return np.stack(
+            [segment_slice(np.asarray(stack[z], np.float64), settings) for z in range(len(stack))]
+        )
+    data = np.asarray(stack, np.float32)
+    if data.ndim != 3:
+        raise DqlrError(f"a volume segmentation needs a ZYX stack, got shape {data.shape}")
+    sigma = (settings.sigma_z_px, settings.sigma_px, settings.sigma_px)
+    smooth = ndimage.gaussian_filter(data, sigma)
+    low, high = (np.percentile(smooth, q, axis=(1, 2)) for q in (1, 99))
+    empty = np.array(
+        [
+            hi - lo <= EMPTY_RANGE * _smoothed_noise(np.asarray(plane, np.float64), settings.sigma_px)
+            for plane, lo, hi in zip(data, low, high, strict=True)
+        ]
+    )
+    scaled = (smooth - low[:, None, None]) / np.maximum(high - low, 1e-12)[:, None, None]
+    seeds = label(h_minima(scaled, settings.h))
+    labels = watershed(scaled, seeds)
+    sizes = np.bincount(labels.ravel())
+    small = np.flatnonzero(sizes < settings.min_cell_px)
+    if small[small > 0].size:  # seeds of specks: flood again without them
+        seeds[np.isin(labels, small) & (seeds > 0)] = 0
+        labels = watershed(scaled, seeds)
+    labels[empty] = 0
+    for z in np.flatnonzero(~empty):
+        inside = tissue_mask(data[z], background=float(low[z]))
+        counts = np.bincount(labels[z].ravel())
+        share = np.bincount(labels[z].ravel(), weights=inside.ravel()) / np.maximum(counts, 1)
+        labels[z][share[labels[z]] < 0.5] = 0
     return labels.astype(np.int32)
 
 

@@ -23,7 +23,8 @@ validation plant as well and found no more cells (within a point), so the plain 
 each slice scaled by its own range first): a cell the slice only grazes, or whose wall lies flat in
 the slice, takes its seed and borders from the slices above and below. On the validation plant's
 clean deepest third it found 85 % of the true cells against 82 % slice by slice, and on the raw
-input 70 % against 62 % (benchmarks/results/segmentation.md has both for every method).
+input 70 % against 62 %; its adapted Rand error is higher, and after Richardson-Lucy it finds fewer
+cells (benchmarks/results/segmentation.md has both for every method).
 
 What no per-slice segmentation finds: 8-10 % of the true cells of a deep slice are under 20 px
 (the slice grazes them), and cells cut where walls lie nearly flat in the slice sit under a bright

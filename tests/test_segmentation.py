@@ -109,12 +109,17 @@ def test_stacks_the_simulator_did_not_make_are_segmented_alike(filled_plant) -> 
     assert found >= 0.65 and covered > 0.98
 
 
-def test_evaluate_command_scores_segmentation_by_depth(tmp_path, capsys) -> None:
-    plant = simulate_plant(shape=(6, 64, 64), seed=6)
+def _plant_files(tmp_path, depth: int):
+    """A small simulated plant, its clean stack and labels written as files (their paths)."""
+    plant = simulate_plant(shape=(depth, 64, 64), seed=6)
     write_stack(tmp_path / "clean.tif", plant.clean)
     write_stack(tmp_path / "labels.tif", plant.labels)
+    return plant, str(tmp_path / "clean.tif"), str(tmp_path / "labels.tif")
+
+
+def test_evaluate_command_scores_segmentation_by_depth(tmp_path, capsys) -> None:
+    plant, clean, labels = _plant_files(tmp_path, 6)
     out = tmp_path / "scores.json"
-    clean, labels = str(tmp_path / "clean.tif"), str(tmp_path / "labels.tif")
     assert main(["evaluate", clean, "--labels", labels, "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "cells found" in table and "Rand error, split, merged" in table
@@ -173,16 +178,14 @@ def test_a_volume_segmentation_finds_more_deep_cells_than_one_per_slice(filled_p
     back = segment_stack(turned, volume=True)[::-1]
     found = np.mean([slice_scores(filled_plant.labels[z], back[z])["matched"] for z in range(11, 16)])
     assert found == pytest.approx(in_3d, abs=0.02)
-    with pytest.raises(DqlrError, match="ZYX stack"):
-        segment_stack(filled_plant.clean[0], volume=True)
+    for volume in (True, False):
+        with pytest.raises(DqlrError, match="needs a ZYX stack"):
+            segment_stack(filled_plant.clean[0], volume=volume)
 
 
 def test_evaluate_command_scores_a_volume_segmentation(tmp_path, capsys) -> None:
-    plant = simulate_plant(shape=(8, 64, 64), seed=6)
-    write_stack(tmp_path / "clean.tif", plant.clean)
-    write_stack(tmp_path / "labels.tif", plant.labels)
+    plant, clean, labels = _plant_files(tmp_path, 8)
     out = tmp_path / "scores.json"
-    clean, labels = str(tmp_path / "clean.tif"), str(tmp_path / "labels.tif")
     assert main(["evaluate", clean, "--labels", labels, "--volume", "--json", str(out)]) == 0
     assert "segmentation (one 3-D watershed of the stack)" in capsys.readouterr().out
     scores = json.loads(out.read_text())

@@ -334,7 +334,7 @@ def format_table(evaluation: dict[str, Any]) -> str:
     """
     metrics = evaluation["metrics"]
     has_input = "input" in evaluation
-    width = 11
+    width = max(11, 1 + max(len(_LABELS[m]) for m in metrics))  # a space between every two labels
     lines = [f"{'third':<8}{'':<8}" + "".join(f"{_LABELS[m]:>{width}}" for m in metrics)]
     for third in THIRDS:
         rows = [("result", evaluation["result"]["thirds"], False)]

@@ -113,13 +113,13 @@ def segment_stack(
     the flood. Slices with no cells (see `segment_slice`) and segments mostly outside the tissue
     are dropped slice by slice, as in `segment_slice`.
     """
+    if len(stack.shape) != 3:
+        raise DqlrError(f"segmenting a stack needs a ZYX stack, got shape {tuple(stack.shape)}")
     if not volume:
         return np.stack(
-            [segment_slice(np.asarray(stack[z], np.float64), settings) for z in range(len(stack))]
+            [segment_slice(np.asarray(stack[z], np.float64), settings) for z in range(stack.shape[0])]
         )
     data = np.asarray(stack, np.float32)
-    if data.ndim != 3:
-        raise DqlrError(f"a volume segmentation needs a ZYX stack, got shape {data.shape}")
     sigma = (settings.sigma_z_px, settings.sigma_px, settings.sigma_px)
     smooth = ndimage.gaussian_filter(data, sigma)
     low, high = (np.percentile(smooth, q, axis=(1, 2)) for q in (1, 99))

@@ -130,3 +130,11 @@ def test_report_with_labels_shows_cells_found_by_depth_and_overlays(tmp_path, ca
     assert "cells found deep" in (tmp_path / "a.html").read_text()
     assert main([*args, str(tmp_path / "b.html"), "--labels", str(tmp_path / "short.tif")]) == 2
     assert "labels: shape (4, 64, 64) differs" in capsys.readouterr().err
+    # segmented as one volume: the summary is evaluate's with volume=True
+    labels = ["--labels", str(tmp_path / "labels.tif"), "--volume"]
+    assert main([*args, str(tmp_path / "c.html"), *labels]) == 0
+    page = (tmp_path / "c.html").read_text()
+    deep = evaluate(plant.observed, labels=plant.labels, volume=True)["result"]["thirds"]["matched"]["deep"]
+    assert "the stack as one volume" in page and f"<td>{deep:.3f}</td>" in page
+    assert main([*args, str(tmp_path / "d.html"), "--volume"]) == 2
+    assert "needs --labels" in capsys.readouterr().err

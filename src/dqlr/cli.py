@@ -185,7 +185,9 @@ def _report(args: argparse.Namespace) -> None:
         if not sep:
             raise DqlrError(f"--result {item}: write it as NAME=PATH, e.g. dqlr=enhanced.tif")
         results[name] = path
-    path = report_files(args.input, results, args.output, args.reference, args.force, labels=args.labels)
+    path = report_files(
+        args.input, results, args.output, args.reference, args.force, labels=args.labels, volume=args.volume
+    )
     print(f"report: {path}")
 
 
@@ -453,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels",
         type=Path,
         help="true cell labels (simulations): segment every slice, plot the cells found by depth, overlays",
+    )
+    p.add_argument(
+        "--volume",
+        action="store_true",
+        help="with --labels: segment each stack as one volume (a 3-D seeded watershed) instead of per slice",
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="report .html")
     p.add_argument("--force", action="store_true", help="overwrite an existing report")

@@ -92,13 +92,14 @@ def deep(stack: np.ndarray) -> range:
     return range(depth - depth // 3, depth)
 
 
-def score(stack: np.ndarray, truth: np.ndarray, settings: SegmentationSettings) -> dict[str, float]:
-    rows = [slice_scores(truth[z], segment_slice(stack[z], settings)) for z in deep(stack)]
-    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
-
-
-def score_volume(stack: np.ndarray, truth: np.ndarray, settings: SegmentationSettings) -> dict[str, float]:
-    segments = segment_stack(stack, settings, volume=True)
+def score(
+    stack: np.ndarray, truth: np.ndarray, settings: SegmentationSettings, volume: bool = False
+) -> dict[str, float]:
+    """Mean scores over the deepest third; slice by slice only the deep slices are segmented."""
+    if volume:
+        segments = segment_stack(stack, settings, volume=True)
+    else:
+        segments = {z: segment_slice(stack[z], settings) for z in deep(stack)}
     rows = [slice_scores(truth[z], segments[z]) for z in deep(stack)]
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
@@ -126,7 +127,7 @@ def main() -> None:
         found = [score(stack, validation.labels, g)["matched"] for g in grid]
         chosen[name], on_validation[name] = grid[int(np.argmax(found))], found
         print(f"{name}: sigma {chosen[name].sigma_px}, h {chosen[name].h} (validation {max(found):.3f})")
-        found = [score_volume(stack, validation.labels, g)["matched"] for g in VOLUME_GRID]
+        found = [score(stack, validation.labels, g, volume=True)["matched"] for g in VOLUME_GRID]
         chosen_volume[name], volume_validation[name] = VOLUME_GRID[int(np.argmax(found))], found
         print(f"{name}, volume: {chosen_volume[name]} (validation {max(found):.3f})", flush=True)
     # the one setting for everything (dqlr evaluate's default): best on average over the methods a
@@ -151,7 +152,7 @@ def main() -> None:
         row["psnr_deep"] = float(np.mean([psnr_affine(stack[z], test.clean[z]) for z in deep(stack)]))
         row["validation_matched"] = float(max(on_validation[name]))
         row["matched_common_setting"] = score(stack, test.labels, common)["matched"]
-        row["volume"] = score_volume(stack, test.labels, chosen_volume[name])
+        row["volume"] = score(stack, test.labels, chosen_volume[name], volume=True)
         row["volume"]["sigma_px"] = chosen_volume[name].sigma_px
         row["volume"]["sigma_z_px"] = chosen_volume[name].sigma_z_px
         row["volume"]["validation_matched"] = float(max(volume_validation[name]))

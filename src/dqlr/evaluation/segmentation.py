@@ -81,25 +81,42 @@ def segment_slice(image: np.ndarray, settings: SegmentationSettings = Segmentati
     image = np.asarray(image, np.float64)
     smooth = ndimage.gaussian_filter(image, settings.sigma_px)
     low, high = np.percentile(smooth, [1, 99])
-    if high - low <= EMPTY_RANGE * _smoothed_noise(image, settings.sigma_px):
+    if _no_cells(image, low, high, settings):
         return np.zeros(smooth.shape, np.int32)
-    scaled = (smooth - low) / (high - low)
+    labels = _flood((smooth - low) / (high - low), settings)
+    return _inside_tissue(labels, image, low).astype(np.int32)
+
+
+def _no_cells(image: np.ndarray, low: float, high: float, settings: SegmentationSettings) -> bool:
+    """Whether a slice's smoothed p1-p99 range is no more than its noise spans (an empty slice)."""
+    return bool(high - low <= EMPTY_RANGE * _smoothed_noise(np.asarray(image, np.float64), settings.sigma_px))
+
+
+def _flood(scaled: np.ndarray, settings: SegmentationSettings) -> np.ndarray:
+    """Seeded watershed of a scaled slice or volume: seeds are the minima deeper than h; seeds of
+    specks are dropped and the flood run again, so their neighbours take them."""
     seeds = label(h_minima(scaled, settings.h))
     labels = watershed(scaled, seeds)
     sizes = np.bincount(labels.ravel())
     small = np.flatnonzero(sizes < settings.min_cell_px)
-    if small[small > 0].size:  # seeds of specks: flood again without them, so neighbours take them
+    if small[small > 0].size:
         seeds[np.isin(labels, small) & (seeds > 0)] = 0
         labels = watershed(scaled, seeds)
-    # Outside the tissue there are no cells: segments mostly outside the tissue mask are dropped.
-    # Judged per segment, not per pixel, so a dark cell at the slice's edge (where the mask, a
-    # heavy smoothing, dips) is kept whole; the mask's dark level is the slice's own (`low`), so a
-    # slice that is tissue from edge to edge keeps its large dark cells too.
+    return labels
+
+
+def _inside_tissue(labels: np.ndarray, image: np.ndarray, low: float) -> np.ndarray:
+    """A slice's segments without those mostly outside the tissue (there are no cells there).
+
+    Judged per segment, not per pixel, so a dark cell at the slice's edge (where the mask, a heavy
+    smoothing, dips) is kept whole; the mask's dark level is the slice's own (`low`), so a slice
+    that is tissue from edge to edge keeps its large dark cells too.
+    """
     inside = tissue_mask(image, background=float(low))
     counts = np.bincount(labels.ravel())
     share = np.bincount(labels.ravel(), weights=inside.ravel()) / np.maximum(counts, 1)
     labels[share[labels] < 0.5] = 0
-    return labels.astype(np.int32)
+    return labels
 
 
 def segment_stack(
@@ -110,8 +127,8 @@ def segment_stack(
 
     Every slice is scaled by its own p1-p99 range before the flood, as a slice alone would be:
     deep slices are dimmer, and one range for the stack would leave their walls too faint to stop
-    the flood. Slices with no cells (see `segment_slice`) and segments mostly outside the tissue
-    are dropped slice by slice, as in `segment_slice`.
+    the flood. Slices with no cells and segments mostly outside the tissue are dropped slice by
+    slice, as in `segment_slice`.
     """
     if len(stack.shape) != 3:
         raise DqlrError(f"segmenting a stack needs a ZYX stack, got shape {tuple(stack.shape)}")
@@ -120,29 +137,13 @@ def segment_stack(
             [segment_slice(np.asarray(stack[z], np.float64), settings) for z in range(stack.shape[0])]
         )
     data = np.asarray(stack, np.float32)
-    sigma = (settings.sigma_z_px, settings.sigma_px, settings.sigma_px)
-    smooth = ndimage.gaussian_filter(data, sigma)
+    smooth = ndimage.gaussian_filter(data, (settings.sigma_z_px, settings.sigma_px, settings.sigma_px))
     low, high = (np.percentile(smooth, q, axis=(1, 2)) for q in (1, 99))
-    empty = np.array(
-        [
-            hi - lo <= EMPTY_RANGE * _smoothed_noise(np.asarray(plane, np.float64), settings.sigma_px)
-            for plane, lo, hi in zip(data, low, high, strict=True)
-        ]
-    )
-    scaled = (smooth - low[:, None, None]) / np.maximum(high - low, 1e-12)[:, None, None]
-    seeds = label(h_minima(scaled, settings.h))
-    labels = watershed(scaled, seeds)
-    sizes = np.bincount(labels.ravel())
-    small = np.flatnonzero(sizes < settings.min_cell_px)
-    if small[small > 0].size:  # seeds of specks: flood again without them
-        seeds[np.isin(labels, small) & (seeds > 0)] = 0
-        labels = watershed(scaled, seeds)
+    empty = np.array([_no_cells(*values, settings) for values in zip(data, low, high, strict=True)])
+    labels = _flood((smooth - low[:, None, None]) / np.maximum(high - low, 1e-12)[:, None, None], settings)
     labels[empty] = 0
     for z in np.flatnonzero(~empty):
-        inside = tissue_mask(data[z], background=float(low[z]))
-        counts = np.bincount(labels[z].ravel())
-        share = np.bincount(labels[z].ravel(), weights=inside.ravel()) / np.maximum(counts, 1)
-        labels[z][share[labels[z]] < 0.5] = 0
+        labels[z] = _inside_tissue(labels[z], data[z], low[z])
     return labels.astype(np.int32)
 
 

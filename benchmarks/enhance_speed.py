@@ -33,6 +33,7 @@ from skimage.restoration import richardson_lucy
 
 import dqlr.inference.enhance as enhance_module
 from dqlr.config import EnhanceOptions
+from dqlr.degradation import estimate as depth_estimate
 from dqlr.degradation import noise, ops
 from dqlr.inference.enhance import degradation_levels, enhance, iter_enhanced, plan_enhancement
 from dqlr.io import write_stack
@@ -164,6 +165,9 @@ def steps(stack: np.ndarray, model: LoadedModel) -> list[tuple[str, str, float, 
     def estimate(noise_pixels: float) -> float:
         return timed_with(noise, "NOISE_PIXELS", noise_pixels, levels)
 
+    def coarse(factor: int) -> float:
+        return timed_with(depth_estimate, "COARSE_BIN", factor, levels)
+
     def slice_threads(threads: int) -> float:
         return timed_with(ops, "MAX_SLICE_THREADS", threads, levels)
 
@@ -207,6 +211,13 @@ def steps(stack: np.ndarray, model: LoadedModel) -> list[tuple[str, str, float, 
             "s",
             estimate(2**40),
             estimate(noise.NOISE_PIXELS),
+        ),
+        (
+            "depth estimate: dark level, signal level and tissue area of each slice from 2 x 2 binned "
+            "slices (same reference slices and blur curves on the benchmark plants)",
+            "s",
+            coarse(1),
+            coarse(depth_estimate.COARSE_BIN),
         ),
         (
             "network built on the CPU in its own random stream, not on the meta device (fresh process)",

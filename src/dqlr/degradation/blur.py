@@ -23,18 +23,23 @@ def radial_spectra(
     n_z, n_y, n_x = data.shape
     window = np.outer(np.hanning(n_y), np.hanning(n_x))
     w2 = window**2
-    f = np.hypot(np.fft.fftfreq(n_y)[:, None], np.fft.fftfreq(n_x)[None, :])
+    # A real image's spectrum is symmetric: the half grid of rfft2 (4x faster than fft2 here), its
+    # columns that stand for two frequencies of the full grid counted twice, bins the same power.
+    f = np.hypot(np.fft.fftfreq(n_y)[:, None], np.fft.rfftfreq(n_x)[None, :])
+    twice = np.ones(f.shape[1])
+    twice[1 : (n_x + 1) // 2] = 2.0
     n_bins = min(n_y, n_x) // 4  # bins two frequency steps wide
     which = np.floor(f / 0.5 * n_bins).astype(int).ravel()
     inside = which < n_bins
     which = which[inside]
-    counts = np.bincount(which, minlength=n_bins).astype(float)
+    modes = np.broadcast_to(twice, f.shape).ravel()[inside]
+    counts = np.bincount(which, weights=modes, minlength=n_bins)
     freq = (np.arange(n_bins) + 0.5) * 0.5 / n_bins
 
     def spectrum(z: int) -> tuple[np.ndarray, float]:
         plane = read_plane(data, z)
         centred = (plane - np.sum(plane * window) / window.sum()) * window
-        pw = (np.abs(np.fft.fft2(centred)) ** 2).ravel()[inside] / w2.sum()
+        pw = (np.abs(np.fft.rfft2(centred)) ** 2).ravel()[inside] * modes / w2.sum()
         local = np.maximum(ndimage.gaussian_filter(plane, 1.0) - offset, 0.0)
         floor = np.sum(w2 * (gain * local + read_noise**2)) / w2.sum()
         return np.bincount(which, weights=pw, minlength=n_bins) / np.maximum(counts, 1), float(floor)

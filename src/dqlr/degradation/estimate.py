@@ -49,6 +49,12 @@ FLOOR_PERCENTILE = 5.0  # the in-tissue "floor" (cell interiors) used for the ha
 HALO_DEPTHS = 16  # depths at which the halo is fitted; the others are interpolated
 GRID_GAP_BINS = 6  # empty spectrum bins in a row skipped when nothing else can be measured
 HALO_REFERENCES = 3  # reference slices (those with most tissue) that are degraded for the halo fit
+# With blur_only, the dark level, the signal level and the tissue area of each slice (which place
+# the reference slices) are read from 2 x 2 binned slices: they come from images smoothed over 2 to
+# 8 pixels, which binning leaves as they are, and a quarter of the pixels makes the estimate faster
+# (benchmarks/results/enhance_speed.md). On the benchmark plants the reference slices and the blur
+# curves stayed identical. The whole estimate (training pairs depend on it) keeps full resolution.
+COARSE_BIN = 2
 
 
 def _isotonic(y: np.ndarray, w: np.ndarray, increasing: bool = True) -> np.ndarray:
@@ -82,6 +88,14 @@ def _monotone(y: np.ndarray, w: np.ndarray, start: int, increasing: bool) -> np.
             out[z] = last
         last = out[z]
     return out
+
+
+def _binned(plane: np.ndarray, factor: int) -> np.ndarray:
+    """Means of factor x factor pixels (a ragged edge left out)."""
+    if factor == 1:
+        return plane
+    h, w = plane.shape[0] // factor, plane.shape[1] // factor
+    return plane[: h * factor, : w * factor].reshape(h, factor, w, factor).mean((1, 3))
 
 
 def _tissue(plane: np.ndarray, background: float, sigma: float, rim: float) -> tuple[np.ndarray, np.ndarray]:
@@ -152,8 +166,9 @@ def estimate_degradation(
     and the reference itself get no degradation (blur 0, halo 0, attenuation 1). Never raises on
     a finite 3-D stack: what could not be measured is in the result's notes. `blur_only=True`
     skips what the blur does not depend on (the halo and attenuation fits: halo 0, attenuation 1;
-    the blur curve and the notes are the same), for callers that need only the blur curve, such as
-    a depth-aware model's conditioning (half the time).
+    the blur curve and the notes are the same; the background comes from binned slices, see
+    COARSE_BIN), for callers that need only the blur curve, such as a depth-aware model's
+    conditioning (a third of the time).
     """
     data = stack_array(stack)
     if voxel_size is None and isinstance(stack, Stack):
@@ -171,10 +186,12 @@ def estimate_degradation(
     (gain, read_noise, offset), notes = noise_model(data)
 
     # darkest smooth level and signal level per slice
+    coarse = COARSE_BIN if blur_only else 1
+
     def dark_and_level(z: int) -> tuple[float, float]:
-        plane = read_plane(data, z)
-        dark = float(np.percentile(ndimage.gaussian_filter(plane, 4.0), 2))
-        return dark, float(np.percentile(ndimage.gaussian_filter(plane, 2.0), 99)) - dark
+        plane = _binned(read_plane(data, z), coarse)
+        dark = float(np.percentile(ndimage.gaussian_filter(plane, 4.0 / coarse), 2))
+        return dark, float(np.percentile(ndimage.gaussian_filter(plane, 2.0 / coarse), 99)) - dark
 
     dark, level = (
         np.array(values, float) for values in zip(*per_slice(dark_and_level, range(n_z)), strict=True)
@@ -189,7 +206,8 @@ def estimate_degradation(
     # tissue area, in-tissue mean and floor (relative to dark0) per slice
     def tissue_stats(z: int) -> tuple[float, float, float]:
         if blur_only:  # the area alone places the reference
-            return float(tissue_mask(read_plane(data, z), tissue_sigma, dark0).mean()), np.nan, np.nan
+            plane = _binned(read_plane(data, z), coarse)
+            return float(tissue_mask(plane, tissue_sigma / coarse, dark0).mean()), np.nan, np.nan
         mask, inner = _tissue(read_plane(data, z), dark0, tissue_sigma, halo_sigma_px)
         if mask.mean() < 0.01:
             return float(mask.mean()), np.nan, np.nan

@@ -88,8 +88,11 @@ def _noise_slices(shape: tuple[int, ...]) -> np.ndarray:
 
 def _unclipped(plane: np.ndarray) -> np.ndarray:
     """Inner pixels (4 from the edge, raveled) not touching the data's extremes (may be clipped)."""
-    lo, hi = ndimage.minimum_filter(plane, 3), ndimage.maximum_filter(plane, 3)
-    return ((lo > plane.min()) & (hi < plane.max()))[4:-4, 4:-4].ravel() | (plane.min() == plane.max())
+    # a pixel touches an extreme where one lies within its 3 x 3: a filter of 1-byte flags, 5x
+    # faster than the minimum and maximum filters of the plane that it equals
+    extreme = ((plane == plane.min()) | (plane == plane.max())).view(np.uint8)
+    touching = ndimage.maximum_filter(extreme, 3)[4:-4, 4:-4].ravel() > 0
+    return ~touching | (plane.min() == plane.max())
 
 
 def _noise_bins(data: Any) -> np.ndarray:

@@ -55,6 +55,7 @@ SEGMENTED = {
     "DQLR (paper, swept) without quantization": "dqlr paper, no quantization",
     "DQLR depth-aware": "dqlr depth-aware (default)",
     "DQLR depth-aware without quantization": "dqlr depth-aware, no quantization",
+    "Noise2Void (CAREamics)": "Noise2Void (CAREamics)",
 }
 
 
@@ -194,8 +195,8 @@ def write_report(scores: dict, times: dict) -> str:
                 "",
                 "Cells found deep: the share of the true cells of the deepest third that a standard "
                 "segmentation finds at IoU >= 0.5 (benchmarks/results/segmentation.md, the shipped "
-                "export of each run; for the depth-aware ablation a new run of its recipe, whose own "
-                "PSNR is in segmentation.md; blank: not segmented)"
+                "export of each run; for the depth-aware ablation and Noise2Void a new run of their "
+                "recipe, whose own PSNR is in segmentation.md; blank: not segmented)"
                 + ("; slice by slice, or the stack as one volume (a 3-D seeded watershed)")
                 + (f"; on the clean stack it finds {clean}" if clean is not None else "")
                 + (f", after the supervised ceiling {ceiling}" if ceiling is not None else "")

@@ -2,14 +2,16 @@
 """Deep cells a standard segmentation finds, for every method (issue 15, point 1).
 
     .venv/bin/python benchmarks/segmentation.py [--supervised runs/supervised/best.pt]
-        [--ablation runs/default/depth-aware-noquant/best.pt]
+        [--ablation runs/default/depth-aware-noquant/best.pt] [--n2v-minutes 12 | --skip-n2v]
 
 Plants of benchmarks/quality.py: the validation plant (seed 104) chooses, the test plant (seed 105)
 is scored once. Methods: the input, Gaussian smoothing and Richardson-Lucy with the settings tuned
 on the validation plant (results/quality.json), the shipped models (depth-aware default, paper,
-its no-quantization ablation), the clean stack (what the segmentation itself can do) and, when
-their runs are there, the default's recipe without quantization and the supervised ceiling of
-benchmarks/supervised_ceiling.py (benchmark only).
+its no-quantization ablation), Noise2Void (CAREamics, in its own environment: trained as
+benchmarks/quality.py trains it, on the same training plants for the same minutes, and run on both
+plants; the run is kept in runs/default/n2v-segmentation and reused), the clean stack (what the
+segmentation itself can do) and, when their runs are there, the default's recipe without
+quantization and the supervised ceiling of benchmarks/supervised_ceiling.py (benchmark only).
 
 The seeded watershed of dqlr.evaluation.segmentation gets, for each method, the smoothing and seed
 depth that find the most true cells in the deepest third of the validation plant (a 5 x 4 grid),
@@ -54,14 +56,46 @@ SHIPPED = {
     "dqlr paper, no quantization": "noquant",
 }
 CEILING = "supervised ceiling (clean targets; benchmark only)"
+N2V = "Noise2Void (CAREamics)"
 ABLATION = "dqlr depth-aware, no quantization"
 # the volume segmentation's grid (sigma in slices, sigma across slices; h 0.02: on the clean and the
 # raw validation plant h 0.01-0.04 changed the cells found by under a point)
 VOLUME_GRID = [SegmentationSettings(sigma_px=s, sigma_z_px=z) for s, z in product((1.0, 2.0), (0.0, 1.0))]
 
 
+def noise2void_outputs(
+    plants: dict[str, SimulatedPlant], work: Path, minutes: float
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Noise2Void's result for each plant, trained on benchmarks/quality.py's training plants (its
+    data folder, runs/default/data); a finished run in `work` is reused."""
+    from harness.peers import noise2void
+
+    data = ROOT / "runs" / "default" / "data"
+    split = json.loads((data / "split.json").read_text())
+    work.mkdir(parents=True, exist_ok=True)
+    inputs = [work / f"{name}_input.tif" for name in plants]
+    outputs = [work / f"{name}_n2v.tif" for name in plants]
+    record = work / "info.json"
+    if not (record.exists() and all(o.exists() for o in outputs)):
+        for path, plant in zip(inputs, plants.values(), strict=True):
+            dqlr.write_stack(path, plant.observed, force=True)
+        for out in outputs:
+            out.unlink(missing_ok=True)
+        train = [data / f"{n}_observed.tif" for n in split["train"]]
+        info = noise2void(
+            train, data / f"{split['val'][0]}_observed.tif", inputs, outputs, work, minutes=minutes
+        )
+        record.write_text(json.dumps(info, indent=2, default=str))
+    info = json.loads(record.read_text())
+    return {name: dqlr.read_stack(out).data for name, out in zip(plants, outputs, strict=True)}, info
+
+
 def methods(
-    plant: SimulatedPlant, tuned: dict, supervised: LoadedModel | None, ablation: LoadedModel | None = None
+    plant: SimulatedPlant,
+    tuned: dict,
+    supervised: LoadedModel | None,
+    ablation: LoadedModel | None = None,
+    n2v: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     observed = plant.observed
     out = {
@@ -71,6 +105,8 @@ def methods(
             observed, tuned["rl"]["sigma_px"], tuned["rl"]["iterations"]
         ),
     }
+    if n2v is not None:
+        out[N2V] = n2v
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, model in SHIPPED.items():
@@ -114,16 +150,25 @@ def main() -> None:
         help="the default's recipe without quantization (scripts/train_default_model.py --only "
         "depth-aware-noquant)",
     )
+    parser.add_argument("--n2v-minutes", type=float, default=12.0, help="as benchmarks/quality.py")
+    parser.add_argument("--n2v-work", type=Path, default=ROOT / "runs" / "default" / "n2v-segmentation")
+    parser.add_argument("--skip-n2v", action="store_true")
     args = parser.parse_args()
     supervised = dqlr.load_model(args.supervised) if args.supervised.exists() else None
     ablation = dqlr.load_model(args.ablation) if args.ablation.exists() else None
     quality = json.loads((RESULTS / "quality.json").read_text())["settings"]
     tuned = {"gaussian": quality["gaussian_smoothing_tuned"], "rl": quality["richardson_lucy_tuned"]}
     validation, test = dqlr.simulate(seed=104), dqlr.simulate(seed=105)
+    n2v: dict[str, np.ndarray] = {}
+    n2v_info: dict = {}
+    if not args.skip_n2v:
+        n2v, n2v_info = noise2void_outputs(
+            {"validation": validation, "test": test}, args.n2v_work, args.n2v_minutes
+        )
     grid = [SegmentationSettings(sigma_px=s, h=h) for s, h in product(SIGMAS, DEPTHS)]
     chosen, on_validation = {}, {}
     chosen_volume, volume_validation = {}, {}
-    for name, stack in methods(validation, tuned, supervised, ablation).items():
+    for name, stack in methods(validation, tuned, supervised, ablation, n2v.get("validation")).items():
         found = [score(stack, validation.labels, g)["matched"] for g in grid]
         chosen[name], on_validation[name] = grid[int(np.argmax(found))], found
         print(f"{name}: sigma {chosen[name].sigma_px}, h {chosen[name].h} (validation {max(found):.3f})")
@@ -135,7 +180,7 @@ def main() -> None:
     users = [v for n, v in on_validation.items() if not n.startswith("clean") and n != CEILING]
     average = np.mean(users, axis=0)
     common = grid[int(np.argmax(average))]
-    results = methods(test, tuned, supervised, ablation)
+    results = methods(test, tuned, supervised, ablation, n2v.get("test"))
     clean_name = next(n for n in results if n.startswith("clean"))
     clean_found = [
         found_cells(test.labels[z], segment_slice(test.clean[z], chosen[clean_name]))
@@ -179,6 +224,10 @@ def main() -> None:
             for name, found in volume_validation.items()
         },
         "common_setting": {"sigma_px": common.sigma_px, "h": common.h},
+        "noise2void": {
+            k: n2v_info.get(k)
+            for k in ("train_seconds", "epochs", "steps", "careamics_version", "torch_version")
+        },
     }
     (RESULTS / "segmentation.json").write_text(json.dumps(summary, indent=2))
     more = sum(r["volume"]["matched"] > r["matched"] for r in rows.values())
@@ -205,7 +254,15 @@ def main() -> None:
         "layout, 48 x 256 x 256), deepest third (16 slices). Seeded watershed of "
         "`dqlr.evaluation.segmentation`; its smoothing (sigma, px) and seed depth (h, share of the "
         "slice's range) chosen per method on the validation plant (seed 104). A cell is found when "
-        "a segment overlaps it at IoU >= 0.5.",
+        "a segment overlaps it at IoU >= 0.5."
+        + (
+            f" Noise2Void: CAREamics {n2v_info.get('careamics_version', '?')}, trained "
+            f"{n2v_info.get('train_seconds', 0) / 60:.1f} min ({n2v_info.get('epochs')} epochs) on the "
+            "training plants, a run of its own (quality.md's Noise2Void row comes from an earlier run "
+            "of the same recipe)."
+            if n2v
+            else ""
+        ),
         "",
         "| method | PSNR deep (dB) | cells found | of those found in the clean stack | adapted Rand error "
         "| split / slice | merged / slice | sigma, h | cells found, validation plant "

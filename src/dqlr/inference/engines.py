@@ -1,5 +1,5 @@
 """What runs the network on a batch of tiles: torch (any device, predictions of next slices) or
-ONNX Runtime (the CPU default: 1.9x faster than torch on 2 cores for the same graph,
+ONNX Runtime (the CPU default: about 2x as fast as torch on 2 cores for the same graph,
 benchmarks/results/enhance_speed.md).
 
 Both take and give NumPy tiles, so the slice loop in dqlr.inference.enhance is the same for both;

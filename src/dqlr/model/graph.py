@@ -5,7 +5,8 @@ above, and gives the enhanced tiles, the tiles' own latents (the slice below nee
 their codes lie from the dictionary (the familiarity check): E, R, Q and G in one graph. The
 familiarity check runs each tile with its own latents as state; the `own_context` input (1 per
 tile) adds them to the context inside the graph, so that check is one call, not two. ONNX
-Runtime runs it 1.9x faster than torch on 2 CPU cores (benchmarks/results/enhance_speed.md).
+Runtime runs it about 2x as fast as torch on 2 CPU cores (1.9x and 2.2x in the last two runs of
+benchmarks/enhance_speed.py).
 Predictions of the next slices stay with torch.
 
 The shipped models come with their graph and a description of the rest of the checkpoint

@@ -83,13 +83,18 @@ def test_wall_grids_that_used_to_fail(name: str) -> None:
     estimate falls back to high-pass residuals and carries on. A regular grid's spectrum is peaks
     with empty bins between them; when nothing can be measured otherwise, the blur is read across
     those gaps (and says so). Where the curve is called reliable it must match the true blur within
-    its own stated error (or 0.5 px); the bottom-up grid (sharper with depth) is never reliable."""
+    its own stated error (or 0.5 px); the bottom-up grid (sharper with depth) is never reliable.
+    The conditioning path (blur_only, which places the reference from binned slices) gives the
+    same reference slices, blur curve and notes on these stacks the simulator did not make."""
     stack = GRIDS[name]
     with pytest.raises(DqlrError, match="too few flat regions"):
         estimate_noise(stack)
     for fraction in (0.3, 0.2):
         est = estimate_degradation(stack, reference_fraction=fraction)
         check_record(est, len(stack))
+        fast = estimate_degradation(stack, reference_fraction=fraction, blur_only=True)
+        assert fast.reference_slices == est.reference_slices and fast.notes == est.notes
+        np.testing.assert_array_equal(fast.blur_sigma_px, est.blur_sigma_px)
         assert est.notes[0].startswith("noise: too few flat regions")
         stop = est.reference_slices[1]
         if name.startswith("bottom-up"):

@@ -22,7 +22,10 @@ import numpy as np
 from dqlr.normalize import Normalization, normalize
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from dqlr.model.network import DQLR
+    from dqlr.model.quantizer import VectorQuantizer
 
 SAMPLE_SLICES = 6  # evenly spread over the stack
 SAMPLE_SIDE = 256  # central crop of each (statistics are the same across a slice)
@@ -39,6 +42,18 @@ def sample_slices(stack: Any, norm: Normalization) -> np.ndarray:
     return np.stack([normalize(c, norm) for c in crops]).astype(np.float32)
 
 
+def code_error(quantizer: VectorQuantizer, codes: Tensor) -> Tensor:
+    """(B, 2): per tile of (B, C, H, W) codes, the squared distance of its codes to their nearest
+    dictionary entries and the codes' squared size. The torch check below and the step graph of
+    dqlr.model.graph (the check on ONNX Runtime) both compute it here."""
+    import torch
+
+    b, c = codes.shape[:2]
+    flat = codes.permute(0, 2, 3, 1).reshape(b, -1, c).float()
+    chosen = quantizer.codebook[quantizer.nearest(flat.reshape(-1, c))].float().reshape(b, -1, c)
+    return torch.stack([((flat - chosen) ** 2).sum((1, 2)), (flat**2).sum((1, 2))], 1)
+
+
 def quantization_error(network: DQLR, stack: Any, norm: Normalization) -> float | None:
     """Mean relative distance of the sampled slices' codes to their dictionary entries; None for a
     model without quantizer. Each slice is its own context (no random initial state, no slice
@@ -53,7 +68,5 @@ def quantization_error(network: DQLR, stack: Any, norm: Normalization) -> float 
     with torch.inference_mode():
         slices = torch.from_numpy(sample_slices(stack, norm)).to(device)[:, None]
         latents = network.encode(pad_to_multiple(slices, network.config.downsample)[0], None)
-        codes = network.roll(latents, latents, 0)[0].float()
-        flat = codes.permute(0, 2, 3, 1).reshape(-1, codes.shape[1])
-        chosen = network.quantizer.codebook[network.quantizer.nearest(flat)].float()
-        return float(((flat - chosen) ** 2).sum() / (flat**2).sum().clamp_min(1e-12))
+        distance, size = code_error(network.quantizer, network.roll(latents, latents, 0)[0]).sum(0)
+        return float(distance / size.clamp_min(1e-12))

@@ -43,6 +43,8 @@ def _step_module(network: DQLR) -> Any:
     import torch
     from torch import Tensor, nn
 
+    from dqlr.model.familiarity import code_error
+
     class Step(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -55,15 +57,9 @@ def _step_module(network: DQLR) -> Any:
             latents = net.encode(tiles, level if net.condition else None)
             code, _ = net.recurrent(latents, context + own_context[:, None, None, None] * latents)
             slices, _, _ = net.decode(code)
-            b, c = code.shape[:2]
-            flat = code.permute(0, 2, 3, 1).reshape(b, -1, c).float()
             if net.quantizer is None:
-                error = torch.zeros(b, 2)
-            else:
-                chosen = net.quantizer.codebook[net.quantizer.nearest(flat.reshape(-1, c))].float()
-                distance = ((flat - chosen.reshape(b, -1, c)) ** 2).sum((1, 2))
-                error = torch.stack([distance, (flat**2).sum((1, 2))], 1)
-            return slices, latents, error
+                return slices, latents, torch.zeros(code.shape[0], 2)
+            return slices, latents, code_error(net.quantizer, code)
 
     return Step()
 

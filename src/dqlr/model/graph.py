@@ -5,7 +5,7 @@ above, and gives the enhanced tiles, the tiles' own latents (the slice below nee
 their codes lie from the dictionary (the familiarity check): E, R, Q and G in one graph. The
 familiarity check runs each tile with its own latents as state; the `own_context` input (1 per
 tile) adds them to the context inside the graph, so that check is one call, not two. ONNX
-Runtime runs it about 2x as fast as torch on 2 CPU cores (1.9x and 2.2x in the last two runs of
+Runtime runs it about 2x as fast as torch on 2 CPU cores (2.2x and 2.1x in the last two runs of
 benchmarks/enhance_speed.py).
 Predictions of the next slices stay with torch.
 

@@ -168,7 +168,7 @@ def estimate_degradation(
     skips what the blur does not depend on (the halo and attenuation fits: halo 0, attenuation 1;
     the blur curve and the notes are the same; the background comes from binned slices, see
     COARSE_BIN), for callers that need only the blur curve, such as a depth-aware model's
-    conditioning (a third of the time).
+    conditioning (under a quarter of the time, benchmarks/results/enhance_speed.md).
     """
     data = stack_array(stack)
     if voxel_size is None and isinstance(stack, Stack):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from harness.cases import cases
+from quality import other_optics_plant
 
 import dqlr
 from dqlr.config import EnhanceOptions
@@ -32,7 +33,6 @@ from dqlr.evaluation.metrics import psnr_affine, ssim_affine
 from dqlr.inference.enhance import UNFAMILIAR_RATIO, model_quantization_error, plan_enhancement
 from dqlr.model.checkpoint import LoadedModel, load_model
 from dqlr.model.familiarity import METRIC
-from dqlr.simulation import Optics
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -42,12 +42,10 @@ VOXEL = (1.0, 0.25, 0.25)
 def stacks() -> dict[str, tuple[np.ndarray, np.ndarray, tuple[float, float, float], np.ndarray]]:
     """name -> (observed, clean, voxel size, most degraded third)."""
     test = dqlr.simulate(seed=105)
-    optics = Optics(psf_xy_deep_um=1.2, psf_z_deep_um=3.0, psf_growth=1.0, photons_top=60.0)
-    other = dqlr.simulate(seed=999, optics=optics, noise=1.0)
     deep = np.arange(test.observed.shape[0] - test.observed.shape[0] // 3, test.observed.shape[0])
     out = {
         "test plant": (test.observed, test.clean, VOXEL, deep),
-        "other optics": (other.observed, other.clean, VOXEL, deep),
+        "other optics": (*other_optics_plant(), VOXEL, deep),
     }
     for case in cases():
         out[case.name] = (case.observed, case.clean, case.voxel_size, case.worst_third())

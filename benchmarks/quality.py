@@ -29,7 +29,7 @@ from harness.tuning import tune_gaussian_smoothing, tune_richardson_lucy
 from dqlr.evaluation.baselines import gaussian_smoothing, richardson_lucy
 from dqlr.evaluation.metrics import per_slice, thirds
 from dqlr.inference.enhance import enhance
-from dqlr.io import read_stack, write_stack
+from dqlr.io import read_stack
 from dqlr.model.checkpoint import load_model
 from dqlr.simulation import Optics, simulate_plant
 
@@ -85,29 +85,16 @@ def ensure_model(work: Path, name: str) -> Path | None:
 def run_noise2void(args, data: Path, split: dict, tests: dict) -> tuple[dict, dict]:
     """Train CAREamics N2V on the training plants (its own environment) and denoise the test stacks;
     a finished run in --work/n2v is reused."""
-    from harness.peers import noise2void
+    from harness.peers import noise2void_cached
 
-    work = args.work / "n2v"
-    work.mkdir(parents=True, exist_ok=True)
-    inputs = []
-    for key, (stack, _) in tests.items():
-        path = work / f"{key.replace(' ', '_')}_input.tif"
-        write_stack(path, stack, force=True)
-        inputs.append(path)
-    outs = [p.with_name(p.name.replace("_input", "_n2v")) for p in inputs]
-    record = work / "info.json"
-    if record.exists() and all(o.exists() for o in outs):
-        info = json.loads(record.read_text())
-    else:
-        for out in outs:
-            out.unlink(missing_ok=True)
-        train_files = [data / f"{n}_observed.tif" for n in split["train"]]
-        val = data / f"{split['val'][0]}_observed.tif"
-        info = noise2void(
-            train_files, val, inputs, outs, work, minutes=args.n2v_minutes, threads=args.n2v_threads
-        )
-        record.write_text(json.dumps(info, indent=2, default=str))
-    return info, {key: read_stack(out).data for key, out in zip(tests, outs, strict=True)}
+    return noise2void_cached(
+        {key: stack for key, (stack, _) in tests.items()},
+        args.work / "n2v",
+        [data / f"{n}_observed.tif" for n in split["train"]],
+        data / f"{split['val'][0]}_observed.tif",
+        minutes=args.n2v_minutes,
+        threads=args.n2v_threads,
+    )
 
 
 def validation_table(work: Path, observed: np.ndarray, clean: np.ndarray) -> None:

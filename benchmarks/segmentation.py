@@ -68,26 +68,18 @@ def noise2void_outputs(
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Noise2Void's result for each plant, trained on benchmarks/quality.py's training plants (its
     data folder, runs/default/data); a finished run in `work` is reused."""
-    from harness.peers import noise2void
+    from harness.peers import noise2void_cached
 
     data = ROOT / "runs" / "default" / "data"
     split = json.loads((data / "split.json").read_text())
-    work.mkdir(parents=True, exist_ok=True)
-    inputs = [work / f"{name}_input.tif" for name in plants]
-    outputs = [work / f"{name}_n2v.tif" for name in plants]
-    record = work / "info.json"
-    if not (record.exists() and all(o.exists() for o in outputs)):
-        for path, plant in zip(inputs, plants.values(), strict=True):
-            dqlr.write_stack(path, plant.observed, force=True)
-        for out in outputs:
-            out.unlink(missing_ok=True)
-        train = [data / f"{n}_observed.tif" for n in split["train"]]
-        info = noise2void(
-            train, data / f"{split['val'][0]}_observed.tif", inputs, outputs, work, minutes=minutes
-        )
-        record.write_text(json.dumps(info, indent=2, default=str))
-    info = json.loads(record.read_text())
-    return {name: dqlr.read_stack(out).data for name, out in zip(plants, outputs, strict=True)}, info
+    info, outputs = noise2void_cached(
+        {name: plant.observed for name, plant in plants.items()},
+        work,
+        [data / f"{n}_observed.tif" for n in split["train"]],
+        data / f"{split['val'][0]}_observed.tif",
+        minutes=minutes,
+    )
+    return outputs, info
 
 
 def methods(

@@ -227,3 +227,32 @@ def noise2void(
     result["total_seconds"] = time.perf_counter() - start
     result["peers_python"] = str(python)
     return result
+
+
+def noise2void_cached(
+    stacks: dict[str, Any],
+    work_dir: Path,
+    train_files: list[Path],
+    val_file: Path | None,
+    minutes: float | None = None,
+    threads: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`noise2void` on named in-memory stacks, kept in work_dir ({name}_input.tif, {name}_n2v.tif and
+    info.json, spaces in names as underscores): a finished run there is reused. Returns the run's
+    record and each stack's result."""
+    from dqlr.io import read_stack, write_stack
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    inputs = [work_dir / f"{name.replace(' ', '_')}_input.tif" for name in stacks]
+    outputs = [p.with_name(p.name.replace("_input", "_n2v")) for p in inputs]
+    record = work_dir / "info.json"
+    if not (record.exists() and all(o.exists() for o in outputs)):
+        for path, stack in zip(inputs, stacks.values(), strict=True):
+            write_stack(path, stack, force=True)
+        for out in outputs:
+            out.unlink(missing_ok=True)
+        info = noise2void(train_files, val_file, inputs, outputs, work_dir, minutes=minutes, threads=threads)
+        record.write_text(json.dumps(info, indent=2, default=str))
+    info = json.loads(record.read_text())
+    return info, {name: read_stack(out).data for name, out in zip(stacks, outputs, strict=True)}

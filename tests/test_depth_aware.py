@@ -44,6 +44,9 @@ def test_depth_aware_sharpens_deep_slices_more_than_paper_mode(plants, tmp_path)
     deep = range(18, 24)
     sharp = {}
     for name, path in (("paper", paper), ("aware", aware)):
-        result = enhance(plants[1].observed, path)
+        # guard off: this scores what training taught each network; the guard may replace a
+        # tiny model's deep slices by plain smoothing (which of them it replaces varies with the
+        # last bits of the arithmetic, e.g. the convolutions' memory layout)
+        result = enhance(plants[1].observed, path, guard=False)
         sharp[name] = np.mean([sharpness(result[z]) for z in deep])
     assert sharp["aware"] > 1.1 * sharp["paper"], sharp

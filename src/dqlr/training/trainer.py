@@ -22,6 +22,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,10 @@ class Trainer:
         with own_random_streams(seed=config.train.seed):
             self.network = build_network(config).to(self.device)
             self.random = random_state()
+        # Channels-last activations make the convolutions' backward pass cheaper (CPU oneDNN and
+        # GPU alike; benchmarks/results/train_speed.md). Before the optimiser exists, so its
+        # moments take the same layout; checkpoints load into any layout (values are copied).
+        self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack it
         self.model: torch.nn.Module = self.network  # what a training step calls
         if self.ranks.distributed:
             if self.network.quantizer is not None:
@@ -382,29 +387,51 @@ class Trainer:
         return row
 
     def _epoch(self) -> dict[str, float]:
-        """config.train.steps_per_epoch steps (fewer when the time budget runs out), then validation."""
+        """config.train.steps_per_epoch steps (fewer when the time budget runs out), then validation.
+
+        The next step's batch is made in a second thread while the network trains on this one
+        (reading, cropping and degrading windows is NumPy and SciPy work that leaves the
+        interpreter free). The draws come from the sampler's own generator in the same order, so
+        the batches are those of a serial loop; a batch drawn for a step that never comes (the time
+        budget ran out) is put back, so the sampler's saved state is always a step boundary's.
+        """
         started = time.perf_counter()
         steps, done = self.config.train.steps_per_epoch, 0
         sums: dict[str, float] = {}
         self.network.train()
         desc = f"epoch {self.epoch + 1}/{self.config.train.epochs}"
         progress = self.run.progress and self.ranks.main
-        with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
-            while done < steps and not self.out_of_time:
-                for key, value in self._step().items():
+        with (
+            ThreadPoolExecutor(max_workers=1) as pool,
+            tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar,
+        ):
+            upcoming: Future[Batch] | None = pool.submit(self._batch)
+            while upcoming is not None:
+                batch, before = upcoming.result(), self.sampler.state_dict()
+                upcoming = pool.submit(self._batch) if done + 1 < steps else None
+                for key, value in self._step(batch).items():
                     sums[key] = sums.get(key, 0.0) + value
                 done += 1
                 self.out_of_time = self._past_deadline()
                 bar.update()
                 bar.set_postfix(loss=f"{sums['train_loss'] / done:.4f}")
+                if self.out_of_time and upcoming is not None:
+                    upcoming.result()  # wait for the thread, then put its draws back
+                    upcoming = None
+                    self.sampler.load_state_dict(before)
         self.epoch += 1
         row: dict[str, float] = {"epoch": self.epoch, "step": self.step}
         row.update(self.ranks.mean({k: v / done for k, v in sums.items()}))
         row.update(self.validate())
         return self._finish_row(row, started)
 
-    def _step(self) -> dict[str, float]:
-        batch = training_batch(self.sampler, self.pairs, self.config, self.share).to(self.device)
+    def _batch(self) -> Batch:
+        """The next training batch (the sampler's generator draws it)."""
+        return training_batch(self.sampler, self.pairs, self.config, self.share)
+
+    def _step(self, batch: Batch | None = None) -> dict[str, float]:
+        """One optimiser step on `batch` (the next one drawn when not given)."""
+        batch = (batch if batch is not None else self._batch()).to(self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             outputs, vq_loss, stats = self.model(batch.inputs, batch.tops, batch.condition)
         loss, parts = dqlr_loss(outputs, self._targets(batch), vq_loss, self.config.loss)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Would a smaller network keep the shipped default's quality? (issue 14: the CPU speed target)
 
-    .venv/bin/python scripts/train_default_model.py --only depth-aware-small   (about 40 min)
+    .venv/bin/python scripts/train_default_model.py --only depth-aware-small   (about 40 min in float32)
     .venv/bin/python scripts/distil_small_model.py   (about 12 min on a quiet machine)
     .venv/bin/python benchmarks/small_model.py
     .venv/bin/python benchmarks/small_model.py --held-out small|distilled   (once, before shipping)

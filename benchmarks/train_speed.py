@@ -42,13 +42,17 @@ def _measure(config: Config, steps: int, device: torch.device) -> dict[str, floa
     sampler = WindowSampler(stacks, norms, config.model.predict_next + 1, config.data.crop, seed=0)
     network = DQLR(config.model).to(device, memory_format=torch.channels_last)  # as the Trainer
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.train.learning_rate)
+    from dqlr.runtime import mixed_precision  # here: --batches-only also runs on older code
+
     timings = {"sample": 0.0, "step": 0.0}
+    precision = mixed_precision(device)  # as the Trainer
     for step in range(steps + 3):
         started = time.perf_counter()
         windows, tops = sampler.sample(config.train.batch_size)
         windows, tops = windows.to(device), tops.to(device)
         sampled = time.perf_counter()
-        outputs, vq_loss, _ = network(windows, tops)
+        with torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None):
+            outputs, vq_loss, _ = network(windows, tops)
         loss, _ = dqlr_loss(outputs, windows[:, 1:], vq_loss, config.loss)
         optimizer.zero_grad()
         loss.backward()
@@ -72,29 +76,35 @@ def _measure(config: Config, steps: int, device: torch.device) -> dict[str, floa
     }
 
 
-TRAINER_VARIANTS = {
-    "before: contiguous layout, batch made between steps": (False, False),
-    "channels-last layout": (True, False),
-    "channels-last layout, next batch made during the step (the Trainer)": (True, True),
+TRAINER_VARIANTS = {  # name: (channels-last layout, bf16 autocast, next batch made in a thread)
+    "before: float32, contiguous layout": (False, False, False),
+    "channels-last layout": (True, False, False),
+    "channels-last layout, bf16 autocast (the Trainer on a CPU with native bf16)": (True, True, False),
+    "the same, next batch made in a second thread during the step (tried, not kept)": (True, True, True),
 }
 
 
-def trainer_step_seconds(config: Config, steps: int) -> dict[str, float]:
+def trainer_step_seconds(config: Config, steps: int) -> dict[str, float | None]:
     """Seconds per step of the real Trainer (the shipped default's recipe: half of each batch
     depth-aware pairs), on the simulated plants of the other measure; setup and validation excluded.
 
-    Also what each of the Trainer's speed-ups buys (TRAINER_VARIANTS): the network back in the
-    default memory layout, and batches made in the loop instead of ahead in the second thread.
-    Each variant gets its own Trainer, so the optimiser's moments share the network's layout.
+    Also what each of the Trainer's speed-ups buys (TRAINER_VARIANTS), and a loop that makes the
+    next batch in a second thread, as the Trainer did for a while. Each variant gets its own
+    Trainer; a bf16 variant is None on a CPU without native bf16 (there the Trainer stays float32).
     """
-    from dqlr.runtime import own_random_streams
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dqlr.runtime import mixed_precision, own_random_streams
     from dqlr.training.trainer import Trainer
 
     stacks = [simulate_plant(seed=s).observed for s in range(3)]
-    config = config.with_overrides({"train.steps_per_epoch": steps})
-    seconds = {}
-    for name, (channels_last, ahead) in TRAINER_VARIANTS.items():
-        trainer = Trainer(config, stacks[:2], stacks[2], RunOptions(progress=False, device="cpu"))
+    seconds: dict[str, float | None] = {}
+    for name, (channels_last, amp, ahead) in TRAINER_VARIANTS.items():
+        if amp and mixed_precision(torch.device("cpu")) is None:
+            seconds[name] = None
+            continue
+        options = RunOptions(progress=False, device="cpu", amp=amp)
+        trainer = Trainer(config, stacks[:2], stacks[2], options)
         if not channels_last:
             trainer.network.to(memory_format=torch.contiguous_format)
         trainer.network.train()
@@ -103,10 +113,13 @@ def trainer_step_seconds(config: Config, steps: int) -> dict[str, float]:
                 trainer._step()
             started = time.perf_counter()
             if ahead:
-                trainer._epoch()  # the real loop; it ends with a validation, timed and taken off
-                validated = time.perf_counter()
-                trainer.validate()
-                started += time.perf_counter() - validated
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    upcoming = pool.submit(trainer._batch)
+                    for step in range(steps):
+                        batch = upcoming.result()
+                        if step + 1 < steps:
+                            upcoming = pool.submit(trainer._batch)
+                        trainer._step(batch)
             else:
                 for _ in range(steps):
                     trainer._step()
@@ -114,11 +127,36 @@ def trainer_step_seconds(config: Config, steps: int) -> dict[str, float]:
     return seconds
 
 
+def batch_seconds(config: Config, batches: int) -> float:
+    """Seconds to make one training batch of the recipe (windows and degraded pairs), alone."""
+    from dqlr.training.trainer import Trainer
+
+    stacks = [simulate_plant(seed=s).observed for s in range(3)]
+    trainer = Trainer(config, stacks[:2], stacks[2], RunOptions(progress=False, device="cpu"))
+    trainer._batch()  # the tissue centres are found on the first
+    started = time.perf_counter()
+    for _ in range(batches):
+        trainer._batch()
+    return (time.perf_counter() - started) / batches
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--batches-only", action="store_true", help="print the seconds per batch of the recipe and stop"
+    )
+    parser.add_argument(
+        "--batch-before",
+        type=float,
+        help="seconds per batch that --batches-only printed for the code before a change, to report",
+    )
     args = parser.parse_args()
+    default = Config().with_overrides({"mode": "depth-aware"})
+    if args.batches_only:
+        print(json.dumps({"seconds_per_batch": batch_seconds(default, args.steps)}))
+        return
     config = Config()
     device = pick_device(args.device)
     result = {
@@ -135,9 +173,11 @@ def main() -> None:
         },
         **measure(config, args.steps, device),
     }
-    default = Config().with_overrides({"mode": "depth-aware"})
     variants = trainer_step_seconds(default, args.steps)
-    per_step = list(variants.values())[-1]
+    kept = [v for name, v in variants.items() if "not kept" not in name and v is not None]
+    per_step = kept[-1]
+    result["default_model_seconds_per_batch"] = batch_seconds(default, args.steps)
+    result["default_model_seconds_per_batch_before"] = args.batch_before
     result["default_model_trainer_seconds_per_step"] = per_step
     result["default_model_trainer_variants"] = variants
     result["default_model_predicted_training_minutes"] = (
@@ -149,11 +189,12 @@ def main() -> None:
         result["shipped_model_training_minutes"] = sum(float(r["seconds"]) for r in rows) / 60
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train_speed.json").write_text(json.dumps(result, indent=2))
+    before = "" if args.batch_before is None else f" --batch-before {args.batch_before:.3f}"
     lines = [
         "# Training speed (default config, and the shipped default's depth-aware recipe)",
         "",
         f"Machine: {result['machine']}; torch {result['torch']}, {result['threads']} threads.",
-        f"Command: `.venv/bin/python benchmarks/train_speed.py --steps {args.steps}`",
+        f"Command: `.venv/bin/python benchmarks/train_speed.py --steps {args.steps}{before}`",
         "",
         "| measure | value |",
         "|---|---|",
@@ -174,15 +215,30 @@ def main() -> None:
             "on a CPU shared with other jobs (min) "
             f"| {result['shipped_model_training_minutes']:.1f} |"
         )
+    lines.append(
+        f"| the shipped default's recipe: seconds to make one batch (windows and degraded pairs) "
+        f"| {result['default_model_seconds_per_batch']:.3f} |"
+    )
+    if args.batch_before is not None:
+        lines.append(
+            "| the same before the pairs' noise was drawn for the crop alone and their blur ran "
+            f"unpadded in float32 (`--batches-only` on the code before) | {args.batch_before:.3f} |"
+        )
     first = list(variants.values())[0]
+
+    def row(name: str, value: float | None) -> str:
+        if value is None or first is None:
+            return f"| {name} | - (no native bf16 on this CPU) | - |"
+        return f"| {name} | {value:.2f} | {first / value:.2f}x |"
+
     lines += [
         "",
-        "What each of the Trainer's speed-ups buys (the shipped default's recipe, seconds per step; "
-        "each variant a Trainer of its own, one after the other):",
+        "What each of the Trainer's speed-ups buys (the shipped default's recipe, seconds per step "
+        "with the batch made in it; each variant a Trainer of its own, one after the other):",
         "",
         "| variant | seconds per step | speed-up |",
         "|---|---|---|",
-        *[f"| {name} | {value:.2f} | {first / value:.2f}x |" for name, value in variants.items()],
+        *[row(name, value) for name, value in variants.items()],
     ]
     (RESULTS / "train_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -71,8 +71,15 @@ def display() -> list[str]:
     """The napari tests draw with OpenGL: on Linux without a display they run in Xvfb's (.ci/run
     installs it with Mesa's software OpenGL)."""
     headless = not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")
-    if sys.platform.startswith("linux") and headless and shutil.which("xvfb-run"):
+    if not (sys.platform.startswith("linux") and headless):
+        return []
+    if shutil.which("xvfb-run"):
         return ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24"]
+    print(
+        "bootstrap: no display and no xvfb-run: the napari tests will abort; install the Debian "
+        "packages that .ci/run names (xvfb and Mesa's OpenGL), or run .ci/run",
+        file=sys.stderr,
+    )
     return []
 
 

@@ -208,6 +208,38 @@ def test_degrade_identity_and_noise_budget() -> None:
     assert quiet.var() < 0.2 * expected_var
 
 
+def test_degrade_a_region_is_the_whole_degraded_there_with_the_same_noise() -> None:
+    """Pairs keep a crop of a block with margins: degrading that region alone (noise drawn for it
+    only, blur unpadded in float32 when the margins reach as far as the blur) gives the whole
+    block's degraded crop: the same blur to float32 precision and noise of the same variance."""
+    rng = np.random.default_rng(3)
+    gain, read, offset = 8.0, 12.0, 100.0
+    sharp = ndimage.gaussian_filter(rng.uniform(0, 400, (3, 200, 200)), (0, 2, 2))
+    image = offset + gain * rng.poisson(sharp) + rng.normal(0, read, sharp.shape)
+    params = {
+        "blur_sigma_px": 3.0,
+        "halo_fraction": 0.4,
+        "halo_sigma_px": 16.0,
+        "attenuation": 0.5,
+        "background": 115.0,
+        "source_background": 114.0,
+        "gain": gain,
+        "read_noise": read,
+        "offset": offset,
+    }
+    for margin in (60, 10):  # wide enough for the blur (unpadded, float32), and too narrow (padded)
+        region = (slice(margin, margin + 64), slice(margin, margin + 64))
+        whole = degrade(image, params, rng, noise=False)[(Ellipsis, *region)]
+        alone = degrade(image, params, rng, noise=False, region=region)
+        assert alone.shape == (3, 64, 64) and alone.dtype == np.float32
+        np.testing.assert_allclose(alone, whole, atol=1e-3 * whole.std())
+    noisy_whole = [degrade(image, params, np.random.default_rng(s))[(Ellipsis, *region)] for s in range(8)]
+    noisy_alone = [degrade(image, params, np.random.default_rng(s), region=region) for s in range(8)]
+    assert np.var(np.array(noisy_alone) - whole) == pytest.approx(
+        np.var(np.array(noisy_whole) - whole), rel=0.05
+    )
+
+
 def test_make_pairs_shapes_and_determinism(small: SimulatedPlant) -> None:
     est = estimate_degradation(small.observed, small.voxel_size)
     degraded, targets, depths = make_pairs(small.observed, est, 6, 48, 3, np.random.default_rng(5))

@@ -100,3 +100,17 @@ def test_loss_sums_over_reconstructed_and_predicted_slices() -> None:
     total, parts = dqlr_loss(outputs, targets, torch.tensor(0.0), LossConfig(lambda_ssim=0))
     assert parts["mse"] == pytest.approx(0.01, rel=1e-3)
     assert float(total) == pytest.approx(0.01, rel=1e-3)
+
+
+def test_the_dictionary_is_searched_in_float32_under_autocast() -> None:
+    """Mixed-precision training runs the network in bf16; the nearest-code search must not: codes
+    that lie close together (as trained ones do) would tie or swap in bf16 distances."""
+    generator = torch.Generator().manual_seed(0)
+    quantizer = VectorQuantizer(64, 16, kmeans_init=False).eval()
+    centre = 4 * torch.randn(16, generator=generator)
+    quantizer.codebook.data.copy_(centre + 0.05 * torch.randn(64, 16, generator=generator))
+    truth = torch.randint(0, 64, (512,), generator=generator)
+    flat = quantizer.codebook.detach()[truth] + 0.005 * torch.randn(512, 16, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        found = quantizer.nearest(flat)
+    assert torch.equal(found, truth)

@@ -231,36 +231,6 @@ def test_init_takes_the_network_from_the_model_and_refuses_another(tiny_plants, 
     assert not (tmp_path / "other").exists()
 
 
-def test_batches_made_ahead_are_a_serial_loops_and_an_unused_one_is_put_back(monkeypatch) -> None:
-    """The next batch is drawn in a second thread while a step trains: the steps get the batches a
-    serial loop draws, and when the time budget ends the epoch the batch drawn for the step that
-    never comes is put back, so the sampler's state (saved for a resume) is a step boundary's."""
-    from dqlr.simulation import simulate_plant
-
-    plants = [simulate_plant(shape=(24, 96, 96), seed=s).observed for s in (21, 22)]
-    config = tiny_config().with_overrides(
-        {"mode": "depth-aware", "train.steps_per_epoch": 60, "data.crop": 32}
-    )
-    budget = RunOptions(progress=False, device="cpu", max_minutes=0.003)
-    ahead = Trainer(config, plants[:1], plants[1], budget)
-    serial = Trainer(config, plants[:1], plants[1], QUIET)
-    assert ahead.pairs is not None  # the degraded pairs are drawn ahead too
-    seen, step = [], Trainer._step
-
-    def recording(self: Trainer, batch: Batch | None = None) -> dict[str, float]:
-        assert batch is not None
-        seen.append(batch)
-        return step(self, batch)
-
-    monkeypatch.setattr(Trainer, "_step", recording)
-    ahead.fit(max_epochs=1)
-    assert ahead.out_of_time and 0 < len(seen) < 60
-    for batch in seen:
-        expected = serial._batch()
-        assert torch.equal(batch.inputs, expected.inputs) and torch.equal(batch.targets, expected.targets)
-    assert ahead.sampler.state_dict() == serial.sampler.state_dict()
-
-
 def test_a_time_budget_ends_the_epoch_early_and_saves(tiny_plants, tmp_path) -> None:
     config = tiny_config().with_overrides({"train.epochs": 3, "train.steps_per_epoch": 50})
     run = RunOptions(progress=False, device="cpu", max_minutes=0.002)

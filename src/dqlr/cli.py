@@ -73,7 +73,7 @@ def _train(args: argparse.Namespace) -> None:
             overrides["mode"] = args.mode
         if overrides:
             config = config.with_overrides(overrides)
-    run = RunOptions.of(device=args.device, num_threads=args.threads)
+    run = RunOptions.of(device=args.device, num_threads=args.threads, amp=not args.full_precision)
     result = train(
         args.stacks,
         args.out,
@@ -342,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: auto; not saved with the model)")
     p.add_argument(
         "--threads", type=int, default=0, help="CPU threads for this run (default: 0, torch's choice)"
+    )
+    p.add_argument(
+        "--full-precision",
+        action="store_true",
+        help="train in float32 throughout (default: mixed precision on GPUs, bf16 or fp16, and "
+        "bf16 on CPUs that compute it natively, about twice as fast)",
     )
     p.add_argument(
         "--set",

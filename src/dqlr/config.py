@@ -202,7 +202,7 @@ class RunOptions(_Strict):
     """How one training run executes on this machine; never saved with the model."""
 
     device: str = "auto"
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on the CPU
+    amp: bool = True  # mixed precision: CUDA, and CPUs with native bf16 (runtime.mixed_precision)
     num_threads: int = Field(0, ge=0)  # CPU threads for this run; 0 keeps torch's count
     progress: bool = True
     # Wall-time budget of one fit, in minutes: the epoch under way ends early (validated, saved).

@@ -45,6 +45,27 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def mixed_precision(device: torch.device) -> torch.dtype | None:
+    """The autocast type a training step may use on `device`, or None (full precision).
+
+    CUDA: bf16 where supported, else fp16 (with a gradient scaler). CPU: bf16 only where the
+    processor computes it natively (AVX512-BF16 or AMX): there the default's training step takes
+    0.25 s instead of 0.37 (benchmarks/results/train_speed.md); elsewhere bf16 is emulated and
+    slower than float32.
+    """
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        native = [
+            getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        ]
+        if any(check is not None and check() for check in native):
+            return torch.bfloat16
+    return None
+
+
 def _flushes_denormals() -> bool:
     """Whether denormal floats are flushed to zero now (torch has a setter but no getter)."""
     import torch

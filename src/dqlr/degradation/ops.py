@@ -50,19 +50,27 @@ def per_slice(work: Callable[[int], T], slices: Iterable[int]) -> list[T]:
         return list(pool.map(work, slices))
 
 
-def gaussian_fft(image: np.ndarray, terms: list[tuple[float, float]]) -> np.ndarray:
-    """Sum of weight * Gaussian(sigma) blurs of the last two axes, as one FFT filter.
+def blur_reach(terms: list[tuple[float, float]]) -> int:
+    """Pixels beyond which the widest Gaussian of `terms` no longer reaches (3 sigma, rounded up)."""
+    return int(math.ceil(3.0 * max(s for _, s in terms))) + 1
+
+
+def gaussian_fft(image: np.ndarray, terms: list[tuple[float, float]], padded: bool = True) -> np.ndarray:
+    """Sum of weight * Gaussian(sigma) blurs of the last two axes, as one FFT filter, in the
+    image's precision (float32 stays float32).
 
     Reflect padding avoids wrap-around at the borders; the transfer is the continuous Gaussian's,
-    the same model the blur estimate fits.
+    the same model the blur estimate fits. `padded=False` skips the padding, for a caller that only
+    keeps pixels at least blur_reach(terms) inside the image (there the wrap-around cannot reach).
     """
-    widest = max(s for _, s in terms)
-    pad = min(int(math.ceil(3.0 * widest)) + 1, 4 * max(image.shape[-2:]))
+    from scipy import fft
+
+    pad = min(blur_reach(terms), 4 * max(image.shape[-2:])) if padded else 0
     widths = [(0, 0)] * (image.ndim - 2) + [(pad, pad), (pad, pad)]
-    padded = np.pad(image, widths, mode="reflect")
-    transfer = _transfer(padded.shape[-2:], terms)
-    out = np.fft.irfft2(np.fft.rfft2(padded) * transfer, s=padded.shape[-2:])
-    return out[..., pad:-pad, pad:-pad]
+    grid = np.pad(image, widths, mode="reflect") if pad else image
+    transfer = _transfer(grid.shape[-2:], terms).astype(grid.real.dtype, copy=False)
+    out = fft.irfft2(fft.rfft2(grid) * transfer, s=grid.shape[-2:])
+    return out[..., pad:-pad, pad:-pad] if pad else out
 
 
 def _transfer(shape: tuple[int, ...], terms: list[tuple[float, float]], half: bool = True) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from dqlr.degradation.model import MAX_HALO, DepthDegradation
-from dqlr.degradation.ops import gaussian_fft, kernel_energy, read_plane, stack_array
+from dqlr.degradation.ops import blur_reach, gaussian_fft, kernel_energy, read_plane, stack_array
 from dqlr.errors import DqlrError
 from dqlr.tissue import TISSUE_SIGMA_PX, tissue_mask
 
@@ -30,8 +30,21 @@ PARAM_KEYS = (
 )
 
 
+MEAN_REACH = 4  # pixels the local means of degrade look beyond a pixel (sigma 1, truncated at 4)
+
+
+def _room(region: tuple[slice, slice], shape: tuple[int, ...]) -> int:
+    """Pixels between `region` and the nearest edge of the last two axes of `shape`."""
+    (ys, xs), (n_y, n_x) = region, shape[-2:]
+    return min(ys.start, xs.start, n_y - ys.stop, n_x - xs.stop)
+
+
 def degrade(
-    slices: np.ndarray, params_at_depth: dict[str, float], rng: np.random.Generator, noise: bool = True
+    slices: np.ndarray,
+    params_at_depth: dict[str, float],
+    rng: np.random.Generator,
+    noise: bool = True,
+    region: tuple[slice, slice] | None = None,
 ) -> np.ndarray:
     """Make (sharp, noisy) upper slices look like a deeper slice; float32 in the input's units.
 
@@ -41,6 +54,10 @@ def degrade(
     too, so only the missing variance is added: var_target(mean) minus what is left of the
     input's, never negative; as shot noise (Poisson, skewed like real data) plus Gaussian read
     noise for the part of the read noise the blur removed. Works on (Y, X) or (..., Y, X).
+    `region` (of the last two axes): only that part is returned, blurred with all of `slices` around
+    it and with noise drawn for it alone. Training pairs keep a crop of a block with margins: the
+    noise of the margins took 60 % of a depth-aware batch's time; and when the margins are as wide
+    as the blur reaches, the blur needs no padding and runs in float32 (the FFTs 4x as fast).
     """
     missing = [k for k in PARAM_KEYS if k not in params_at_depth]
     if missing:
@@ -57,13 +74,25 @@ def degrade(
     terms = [(a * (1.0 - h), s)]
     if h > 0:
         terms.append((a * h, math.hypot(s, p["halo_sigma_px"])))
-    expected = gaussian_fft(x - p["source_background"], terms) + p["background"]
+    signal = x - p["source_background"]
+    if region is not None and _room(region, x.shape) >= blur_reach(terms):
+        expected = gaussian_fft(signal.astype(np.float32), terms, padded=False) + p["background"]
+    else:
+        expected = gaussian_fft(signal, terms) + p["background"]
+    keep: tuple[Any, ...] = (Ellipsis,)
+    if region is not None:  # the region and the pixels the local means below look at
+        ys, xs = region
+        y0, x0 = max(ys.start - MEAN_REACH, 0), max(xs.start - MEAN_REACH, 0)
+        near = (Ellipsis, slice(y0, ys.stop + MEAN_REACH), slice(x0, xs.stop + MEAN_REACH))
+        x, expected = x[near], expected[near]
+        keep = (Ellipsis, slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
     if not noise:
-        return expected.astype(np.float32)
+        return expected[keep].astype(np.float32)
     gain, read2, offset = max(p["gain"], 0.0), p["read_noise"] ** 2, p["offset"]
     # local means (lightly smoothed, so that noise does not decide how much noise to add)
     axes = [0.0] * (x.ndim - 2) + [1.0, 1.0]
     mean_in, mean_out = ndimage.gaussian_filter(x, axes), ndimage.gaussian_filter(expected, axes)
+    x, expected, mean_in, mean_out = x[keep], expected[keep], mean_in[keep], mean_out[keep]
     kept = kernel_energy(terms)  # share of the input's white noise variance left after the filter
     left = kept * (gain * np.maximum(mean_in - offset, 0.0) + read2)
     target = gain * np.maximum(mean_out - offset, 0.0) + read2
@@ -155,10 +184,16 @@ def make_pairs(
         y0, x0 = max(y - margin, 0), max(x - margin, 0)
         y1, x1 = min(y + crop + margin, n_y), min(x + crop + margin, n_x)
         block = np.asarray(data[start : start + window, y0:y1, x0:x1], dtype=np.float64)
+        # full margins (reflected where the stack ends), so the blur needs no padding of its own
+        widths = [
+            (0, 0),
+            (y0 - (y - margin), y + crop + margin - y1),
+            (x0 - (x - margin), x + crop + margin - x1),
+        ]
+        block = np.pad(block, widths, mode="reflect") if any(w != (0, 0) for w in widths) else block
         params = degradation.relative(start + window // 2, depth)
-        out = degrade(block, params, rng)
-        inner = (slice(None), slice(y - y0, y - y0 + crop), slice(x - x0, x - x0 + crop))
-        degraded[i] = out[inner]
-        targets[i] = block[inner]
+        inner = (slice(margin, margin + crop), slice(margin, margin + crop))
+        degraded[i] = degrade(block, params, rng, region=inner)
+        targets[i] = block[(Ellipsis, *inner)]
         depths[i] = depth
     return degraded, targets, depths

@@ -111,9 +111,12 @@ class VectorQuantizer(nn.Module):
                 self.cluster_size[dead] = 1.0
 
     def nearest(self, flat: Tensor) -> Tensor:
-        """Index of the nearest dictionary entry for each row."""
+        """Index of the nearest dictionary entry for each row. In float32 even under autocast: in
+        bf16 the distances of near codes tie or swap."""
         book = self.codebook.float()
-        distance = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.t() + book.pow(2).sum(1)[None]
+        with torch.autocast(flat.device.type, enabled=False):
+            flat = flat.float()
+            distance = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.t() + book.pow(2).sum(1)[None]
         return distance.argmin(1)
 
     def forward(self, codes: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:

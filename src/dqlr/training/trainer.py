@@ -22,7 +22,6 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from dqlr.model.checkpoint import LoadedModel, build_network
 from dqlr.model.familiarity import METRIC as FAMILIARITY_METRIC
 from dqlr.model.familiarity import quantization_error
 from dqlr.normalize import Normalization, fit_normalization
-from dqlr.runtime import fast_math, own_random_streams, random_state
+from dqlr.runtime import fast_math, mixed_precision, own_random_streams, random_state
 from dqlr.training.batches import Batch, pair_batch, pair_sampler, training_batch, window_batch
 from dqlr.training.data import Columns, PairSampler, WindowSampler
 from dqlr.training.distributed import Ranks
@@ -182,11 +181,10 @@ class Trainer:
             weight_decay=config.train.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config))
-        use_amp = self.run.amp and self.device.type == "cuda"
-        bf16 = use_amp and torch.cuda.is_bf16_supported()
-        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
-        self.use_amp = use_amp
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not bf16)
+        precision = mixed_precision(self.device) if self.run.amp else None
+        self.amp_dtype = precision or torch.float32
+        self.use_amp = precision is not None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
         self.epoch, self.step = 0, 0
         self.history: list[dict[str, float]] = []
         self.best_metric = math.inf
@@ -389,11 +387,9 @@ class Trainer:
     def _epoch(self) -> dict[str, float]:
         """config.train.steps_per_epoch steps (fewer when the time budget runs out), then validation.
 
-        The next step's batch is made in a second thread while the network trains on this one
-        (reading, cropping and degrading windows is NumPy and SciPy work that leaves the
-        interpreter free). The draws come from the sampler's own generator in the same order, so
-        the batches are those of a serial loop; a batch drawn for a step that never comes (the time
-        budget ran out) is put back, so the sampler's saved state is always a step boundary's.
+        Batches are made between steps: on 2 cores, making the next one in a second thread while a
+        step trains took the cores from the network's threads and was slower (0.30 s per step
+        against 0.25; benchmarks/results/train_speed.md).
         """
         started = time.perf_counter()
         steps, done = self.config.train.steps_per_epoch, 0
@@ -401,24 +397,14 @@ class Trainer:
         self.network.train()
         desc = f"epoch {self.epoch + 1}/{self.config.train.epochs}"
         progress = self.run.progress and self.ranks.main
-        with (
-            ThreadPoolExecutor(max_workers=1) as pool,
-            tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar,
-        ):
-            upcoming: Future[Batch] | None = pool.submit(self._batch)
-            while upcoming is not None:
-                batch, before = upcoming.result(), self.sampler.state_dict()
-                upcoming = pool.submit(self._batch) if done + 1 < steps else None
-                for key, value in self._step(batch).items():
+        with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
+            while done < steps and not self.out_of_time:
+                for key, value in self._step().items():
                     sums[key] = sums.get(key, 0.0) + value
                 done += 1
                 self.out_of_time = self._past_deadline()
                 bar.update()
                 bar.set_postfix(loss=f"{sums['train_loss'] / done:.4f}")
-                if self.out_of_time and upcoming is not None:
-                    upcoming.result()  # wait for the thread, then put its draws back
-                    upcoming = None
-                    self.sampler.load_state_dict(before)
         self.epoch += 1
         row: dict[str, float] = {"epoch": self.epoch, "step": self.step}
         row.update(self.ranks.mean({k: v / done for k, v in sums.items()}))

@@ -388,7 +388,7 @@ class Trainer:
         """config.train.steps_per_epoch steps (fewer when the time budget runs out), then validation.
 
         Batches are made between steps: on 2 cores, making the next one in a second thread while a
-        step trains took the cores from the network's threads and was slower (0.30 s per step
+        step trains took the cores from the network's threads and was slower (0.36 s per step
         against 0.25; benchmarks/results/train_speed.md).
         """
         started = time.perf_counter()

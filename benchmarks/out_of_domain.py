@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from harness.cases import Case, cases
 from matplotlib.figure import Figure
 
@@ -31,6 +32,7 @@ import dqlr
 from dqlr.evaluation.baselines import gaussian_smoothing, richardson_lucy
 from dqlr.evaluation.metrics import psnr_affine, ssim_affine
 from dqlr.model.checkpoint import load_model
+from dqlr.runtime import mixed_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -149,7 +151,7 @@ def table(rows: dict[str, dict], key: str, bold: bool) -> list[str]:
     return lines
 
 
-def markdown(rows: dict[str, dict], minutes: float | None) -> str:
+def markdown(rows: dict[str, dict], minutes: float | None, precision: str) -> str:
     lines = [
         "# Out-of-domain stacks: does the default path invent structure?",
         "",
@@ -159,7 +161,7 @@ def markdown(rows: dict[str, dict], minutes: float | None) -> str:
         "third unless the sharp end is elsewhere). Baselines use the settings tuned on the validation",
         "plant, converted to µm.",
         f"`shipped + adapt` fine-tunes the shipped default on the case itself for {minutes} minutes (as",
-        "`dqlr enhance --adapt`), with no clean data. Best per row in bold.",
+        f"`dqlr enhance --adapt`; its steps in {precision}), with no clean data. Best per row in bold.",
         "",
         *table(rows, "scores", bold=True),
         "",
@@ -213,9 +215,10 @@ def main() -> None:
         if c in rows
     ]
     rows = {name: rows[name] for name in order}
-    data = {"adapt_minutes": minutes, "baseline_settings": settings, "cases": rows}
+    precision = "bf16 mixed precision" if mixed_precision(torch.device("cpu")) else "float32"
+    data = {"adapt_minutes": minutes, "adapt_steps": precision, "baseline_settings": settings, "cases": rows}
     out_json.write_text(json.dumps(data, indent=1) + "\n")
-    (RESULTS / "out_of_domain.md").write_text(markdown(rows, minutes))
+    (RESULTS / "out_of_domain.md").write_text(markdown(rows, minutes, precision))
     if pictures:
         figure(rows, pictures, RESULTS / "out_of_domain.png")
 

@@ -42,7 +42,7 @@ def _measure(config: Config, steps: int, device: torch.device) -> dict[str, floa
     sampler = WindowSampler(stacks, norms, config.model.predict_next + 1, config.data.crop, seed=0)
     network = DQLR(config.model).to(device, memory_format=torch.channels_last)  # as the Trainer
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.train.learning_rate)
-    from dqlr.runtime import mixed_precision  # here: --batches-only also runs on older code
+    from dqlr.runtime import mixed_precision  # here: --parts-only also runs on older code
 
     timings = {"sample": 0.0, "step": 0.0}
     precision = mixed_precision(device)  # as the Trainer
@@ -140,22 +140,47 @@ def batch_seconds(config: Config, batches: int) -> float:
     return (time.perf_counter() - started) / batches
 
 
+def loss_milliseconds(config: Config, repeats: int) -> float:
+    """Milliseconds for the training loss of one batch of the recipe, forward and backward, alone."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (config.train.batch_size, config.model.predict_next + 1, config.data.crop, config.data.crop)
+    outputs = torch.rand(shape, generator=generator).requires_grad_(True)
+    targets = torch.rand(shape, generator=generator)
+    for _ in range(3):  # warm-up
+        dqlr_loss(outputs, targets, torch.zeros(()), config.loss)[0].backward()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        dqlr_loss(outputs, targets, torch.zeros(()), config.loss)[0].backward()
+    return 1000 * (time.perf_counter() - started) / repeats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
-        "--batches-only", action="store_true", help="print the seconds per batch of the recipe and stop"
+        "--parts-only",
+        action="store_true",
+        help="print the seconds per batch and the loss's milliseconds of the recipe, and stop",
     )
     parser.add_argument(
         "--batch-before",
         type=float,
-        help="seconds per batch that --batches-only printed for the code before a change, to report",
+        help="seconds per batch that --parts-only printed for the code before a change, to report",
+    )
+    parser.add_argument(
+        "--loss-before",
+        type=float,
+        help="the loss's milliseconds that --parts-only printed for the code before a change, to report",
     )
     args = parser.parse_args()
     default = Config().with_overrides({"mode": "depth-aware"})
-    if args.batches_only:
-        print(json.dumps({"seconds_per_batch": batch_seconds(default, args.steps)}))
+    if args.parts_only:
+        parts = {
+            "seconds_per_batch": batch_seconds(default, args.steps),
+            "loss_milliseconds": loss_milliseconds(default, args.steps),
+        }
+        print(json.dumps(parts))
         return
     config = Config()
     device = pick_device(args.device)
@@ -178,6 +203,8 @@ def main() -> None:
     per_step = kept[-1]
     result["default_model_seconds_per_batch"] = batch_seconds(default, args.steps)
     result["default_model_seconds_per_batch_before"] = args.batch_before
+    result["default_model_loss_milliseconds"] = loss_milliseconds(default, args.steps)
+    result["default_model_loss_milliseconds_before"] = args.loss_before
     result["default_model_trainer_seconds_per_step"] = per_step
     result["default_model_trainer_variants"] = variants
     result["default_model_predicted_training_minutes"] = (
@@ -190,6 +217,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train_speed.json").write_text(json.dumps(result, indent=2))
     before = "" if args.batch_before is None else f" --batch-before {args.batch_before:.3f}"
+    before += "" if args.loss_before is None else f" --loss-before {args.loss_before:.1f}"
     lines = [
         "# Training speed (default config, and the shipped default's depth-aware recipe)",
         "",
@@ -222,7 +250,16 @@ def main() -> None:
     if args.batch_before is not None:
         lines.append(
             "| the same before the pairs' noise was drawn for the crop alone and their blur ran "
-            f"unpadded in float32 (`--batches-only` on the code before) | {args.batch_before:.3f} |"
+            f"unpadded in float32 (`--parts-only` on the code before) | {args.batch_before:.3f} |"
+        )
+    lines.append(
+        "| the shipped default's recipe: milliseconds for the loss of one batch (forward and backward) "
+        f"| {result['default_model_loss_milliseconds']:.1f} |"
+    )
+    if args.loss_before is not None:
+        lines.append(
+            "| the same before the SSIM term blurred all slices and moments in one filter "
+            f"(`--parts-only` on the code before) | {args.loss_before:.1f} |"
         )
     first = list(variants.values())[0]
 

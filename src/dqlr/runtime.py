@@ -49,9 +49,9 @@ def mixed_precision(device: torch.device) -> torch.dtype | None:
     """The autocast type a training step may use on `device`, or None (full precision).
 
     CUDA: bf16 where supported, else fp16 (with a gradient scaler). CPU: bf16 only where the
-    processor computes it natively (AVX512-BF16 or AMX): there the default's training step takes
-    0.25 s instead of 0.37 (benchmarks/results/train_speed.md); elsewhere bf16 is emulated and
-    slower than float32.
+    processor computes it natively (AVX512-BF16 or AMX): there it makes the default's training step
+    about twice as fast (benchmarks/results/train_speed.md); elsewhere bf16 is emulated and slower
+    than float32.
     """
     import torch
 

@@ -55,9 +55,9 @@ def degrade(
     input's, never negative; as shot noise (Poisson, skewed like real data) plus Gaussian read
     noise for the part of the read noise the blur removed. Works on (Y, X) or (..., Y, X).
     `region` (of the last two axes): only that part is returned, blurred with all of `slices` around
-    it and with noise drawn for it alone. Training pairs keep a crop of a block with margins: the
-    noise of the margins took 60 % of a depth-aware batch's time; and when the margins are as wide
-    as the blur reaches, the blur needs no padding and runs in float32 (the FFTs 4x as fast).
+    it and with noise drawn for it alone; when the margins around it are as wide as the blur
+    reaches, the blur needs no padding and runs in float32. Training pairs keep a crop of a block
+    with margins: this made a depth-aware batch 2-3x as fast (benchmarks/results/train_speed.md).
     """
     missing = [k for k in PARAM_KEYS if k not in params_at_depth]
     if missing:
@@ -166,8 +166,9 @@ def make_pairs(
         centres = tissue_centres(data, degradation, window)
     if columns is not None:
         centres = centres[(centres[:, 1] >= x_first) & (centres[:, 1] < x_stop)]
-    margin = int(
-        math.ceil(3.0 * math.hypot(float(degradation.blur_sigma_px.max()), degradation.halo_sigma_px))
+    # as far as the widest blur of any depth reaches, so degrade's blur never needs padding
+    margin = blur_reach(
+        [(1.0, math.hypot(float(degradation.blur_sigma_px.max()), degradation.halo_sigma_px))]
     )
     degraded = np.empty((count, window, crop, crop), dtype=np.float32)
     targets = np.empty((count, window, crop, crop), dtype=np.float32)

@@ -388,8 +388,8 @@ class Trainer:
         """config.train.steps_per_epoch steps (fewer when the time budget runs out), then validation.
 
         Batches are made between steps: on 2 cores, making the next one in a second thread while a
-        step trains took the cores from the network's threads and was slower (0.36 s per step
-        against 0.25; benchmarks/results/train_speed.md).
+        step trains takes the cores from the network's threads, and it was slower in each of our
+        measurements (benchmarks/results/train_speed.md).
         """
         started = time.perf_counter()
         steps, done = self.config.train.steps_per_epoch, 0

@@ -166,9 +166,8 @@ def make_pairs(
         centres = tissue_centres(data, degradation, window)
     if columns is not None:
         centres = centres[(centres[:, 1] >= x_first) & (centres[:, 1] < x_stop)]
-    # as far as the widest blur of any depth reaches, so degrade's blur never needs padding
-    margin = blur_reach(
-        [(1.0, math.hypot(float(degradation.blur_sigma_px.max()), degradation.halo_sigma_px))]
+    margin = int(
+        math.ceil(3.0 * math.hypot(float(degradation.blur_sigma_px.max()), degradation.halo_sigma_px))
     )
     degraded = np.empty((count, window, crop, crop), dtype=np.float32)
     targets = np.empty((count, window, crop, crop), dtype=np.float32)

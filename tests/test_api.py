@@ -144,6 +144,26 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert out.voxel_size == (1.0, 0.25, 0.25)
 
 
+def test_enhance_takes_what_read_stack_gives_with_its_voxel_size(tmp_path: Path) -> None:
+    """A Stack's voxel size comes along (a stack at 0.5 µm pixels is resized to the model's 0.25 µm
+    as when given explicitly); a path gets a one-line error that names what to use."""
+    import warnings
+
+    stack = dqlr.simulate(shape=(6, 64, 64), voxel_size=(1.0, 0.5, 0.5), seed=2)
+    dqlr.write_stack(tmp_path / "coarse.tif", stack.observed, voxel_size=(1.0, 0.5, 0.5))
+    read = dqlr.read_stack(tmp_path / "coarse.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dqlr.DqlrWarning)
+        given = dqlr.enhance(read, "paper", device="cpu")
+        explicit = dqlr.enhance(read.data, "paper", device="cpu", voxel_size=(1.0, 0.5, 0.5))
+        unknown = dqlr.enhance(read.data, "paper", device="cpu")
+    assert given.shape == read.data.shape and given.dtype == read.data.dtype
+    np.testing.assert_array_equal(given, explicit)
+    assert not np.array_equal(given, unknown)
+    with pytest.raises(dqlr.DqlrError, match="not the path .* use dqlr.read_stack first"):
+        dqlr.enhance(str(tmp_path / "coarse.tif"))
+
+
 def test_enhance_refuses_settings_it_cannot_honour() -> None:
     stack = dqlr.simulate(shape=(4, 32, 32)).observed
     with pytest.raises(dqlr.DqlrError, match="predict_next needs an output file"):

@@ -345,7 +345,12 @@ def test_the_blur_of_a_resized_stack_is_measured_at_its_own_pixels() -> None:
 def test_adapt_makes_the_pairs_of_a_resized_stack_at_its_own_pixels(tmp_path, monkeypatch) -> None:
     """Degraded after a 2x enlargement, pairs got noise white at the model's pixels, unlike the
     real deep slices' (enlarged with them) and no depth condition. Degraded at the stack's own
-    pixels and enlarged as enhance enlarges, their fine-grained noise matches the deep slices'."""
+    pixels and enlarged as enhance enlarges, their fine grain has the deep slices' texture.
+
+    The texture is the correlation of neighbouring pixels in what a 1.5-pixel smoothing removes.
+    Measured over seeds 0-5: deep slices 0.61, pairs at the own pixels 0.635-0.655, enlarged pairs
+    0.740-0.754. (The grain's strength, its standard deviation, scattered from -3 % to -14 % of the
+    deep slices' over those seeds for both kinds of pairs: it could not tell them apart.)"""
     coarse = simulate_plant(shape=(32, 128, 128), voxel_size=(1.0, 0.5, 0.5), seed=7).observed
     given: list = []
     monkeypatch.setattr("dqlr.training.adapt.adapt", lambda stacks, *a, **k: given.extend(stacks))
@@ -360,10 +365,12 @@ def test_adapt_makes_the_pairs_of_a_resized_stack_at_its_own_pixels(tmp_path, mo
     assert stack.zoom == 2.0 and stack.source.shape == (32, 128, 128) and stack.data.shape == (32, 256, 256)
     config = load_model(None).config
 
-    def fine_grain(a: np.ndarray) -> float:  # what a 1.5-pixel smoothing removes
-        return float(np.std(a - gaussian_filter(a, (0,) * (a.ndim - 2) + (1.5, 1.5))))
+    def grain_texture(a: np.ndarray) -> float:
+        fine = a - gaussian_filter(a, (0,) * (a.ndim - 2) + (1.5, 1.5))
+        fine = fine - fine.mean(axis=(-2, -1), keepdims=True)
+        return float((fine[..., 1:] * fine[..., :-1]).mean() / (fine * fine).mean())
 
-    deep = fine_grain(normalize(stack.data[-8:], stack.norm))
+    deep = grain_texture(normalize(stack.data[-8:], stack.norm))
     made = {}
     for name, resized in (("own pixels", [stack.resized]), ("enlarged", None)):
         sampler = pair_sampler([stack.data], [stack.norm], config, resized=resized)
@@ -374,7 +381,7 @@ def test_adapt_makes_the_pairs_of_a_resized_stack_at_its_own_pixels(tmp_path, mo
             == targets.shape
             == (32, config.model.predict_next + 2, config.data.crop, config.data.crop)
         )
-        made[name] = (fine_grain(inputs.numpy()), float(levels.max()))
+        made[name] = (grain_texture(inputs.numpy()), float(levels.max()))
     assert made["own pixels"][1] > 0.3 and made["enlarged"][1] == 0.0  # the condition the deep slices get
-    assert abs(made["own pixels"][0] / deep - 1) < 0.05
-    assert abs(made["enlarged"][0] / deep - 1) > 0.08
+    assert abs(made["own pixels"][0] - deep) < 0.07
+    assert made["enlarged"][0] - deep > 0.1

@@ -209,22 +209,36 @@ def adapt(
 
 
 def enhance(
-    stack: np.ndarray,
+    stack: np.ndarray | Stack,
     model: LoadedModel | str | Path | None = None,
     options: EnhanceOptions | None = None,
     *,
     progress: bool | Callable[[int, int], object] = False,
     **settings: Any,
 ) -> np.ndarray:
-    """Enhance a ZYX stack; returns a stack of the same shape and dtype.
+    """Enhance a ZYX stack (an array, or a Stack from read_stack, whose voxel size is used unless
+    one is given); returns an array of the same shape and dtype.
 
     `model`: None (the shipped default), a shipped model's name ("paper", "depth-aware", ...), a
     checkpoint path, or a model from load_model(). Keywords set EnhanceOptions (tile, overlap,
     batch_size, device). `progress`: True for a bar on the terminal, or a callable called as
     progress(slices done, total) after each slice; an exception it raises stops the run.
     """
+    from dqlr.errors import DqlrError
     from dqlr.inference.enhance import enhance as _enhance
+    from dqlr.io import Stack
 
+    if isinstance(stack, Stack):
+        options = EnhanceOptions.of(options, **settings)
+        settings = {}
+        if options.voxel_size is None and stack.voxel_size is not None:
+            options = EnhanceOptions.of(options, voxel_size=stack.voxel_size)
+        stack = stack.data  # may be lazy (Zarr): read slice by slice
+    elif isinstance(stack, str | Path):
+        raise DqlrError(
+            f"enhance takes an array or read_stack's Stack, not the path {str(stack)!r}; "
+            "use dqlr.read_stack first, or dqlr.enhance_files for files"
+        )
     return _enhance(stack, model, options, progress=progress, **settings)
 
 

@@ -114,6 +114,11 @@ class DepthAwareConfig(_Strict):
     reference_fraction: float = Field(0.3, gt=0.0, lt=1.0)  # upper part of a stack used as targets
     target_smoothing_px: float = Field(0.0, ge=0.0)  # Gaussian sigma applied to targets (0: as is)
     condition_scale_px: float = Field(4.0, gt=0.0)  # blur sigma (px) that maps to condition 1
+    # Added blur along z (µm) per µm of added lateral blur in the pairs (0: lateral blur only).
+    # Deep slices also mix their neighbours; a confocal PSF is about 3x longer along z than wide.
+    # Needs the stacks' voxel size (stacks without one get lateral blur only). On the validation
+    # plant 3 gave +0.09 dB and +0.020 SSIM deep over the shipped default (train_budget.md).
+    axial_ratio: float = Field(0.0, ge=0.0, le=10.0)
 
 
 class TrainConfig(_Strict):
@@ -237,6 +242,11 @@ class EnhanceOptions(_Strict):
     )
     voxel_size: tuple[float, float, float] | None = Field(
         None, description="voxel size z y x in µm when the file has none (or to override it)"
+    )
+    both_directions: bool = Field(
+        False,
+        description="also enhance the stack bottom-up, so each slice sees the slice below as well as "
+        "the one above, and average the two: sharper deep slices for twice the network time",
     )
     guard: bool = Field(
         True,

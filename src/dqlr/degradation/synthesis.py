@@ -45,6 +45,7 @@ def degrade(
     rng: np.random.Generator,
     noise: bool = True,
     region: tuple[slice, slice] | None = None,
+    noise_kept: float = 1.0,
 ) -> np.ndarray:
     """Make (sharp, noisy) upper slices look like a deeper slice; float32 in the input's units.
 
@@ -58,6 +59,8 @@ def degrade(
     it and with noise drawn for it alone; when the margins around it are as wide as the blur
     reaches, the blur needs no padding and runs in float32. Training pairs keep a crop of a block
     with margins: this made a depth-aware batch 2-3x as fast (benchmarks/results/train_speed.md).
+    `noise_kept`: the share of the input's own noise variance still in `slices`, below 1 when
+    they were filtered before (make_pairs' blur along z), so the noise top-up accounts for it.
     """
     missing = [k for k in PARAM_KEYS if k not in params_at_depth]
     if missing:
@@ -93,7 +96,9 @@ def degrade(
     axes = [0.0] * (x.ndim - 2) + [1.0, 1.0]
     mean_in, mean_out = ndimage.gaussian_filter(x, axes), ndimage.gaussian_filter(expected, axes)
     x, expected, mean_in, mean_out = x[keep], expected[keep], mean_in[keep], mean_out[keep]
-    kept = kernel_energy(terms)  # share of the input's white noise variance left after the filter
+    kept = noise_kept * kernel_energy(
+        terms
+    )  # share of the input's white noise variance left after the filter
     left = kept * (gain * np.maximum(mean_in - offset, 0.0) + read2)
     target = gain * np.maximum(mean_out - offset, 0.0) + read2
     read_add = read2 * max(1.0 - kept, 0.0)
@@ -138,6 +143,7 @@ def make_pairs(
     rng: np.random.Generator,
     centres: np.ndarray | None = None,
     columns: tuple[int, int] | None = None,
+    axial_px: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training pairs from the sharp upper slices: (degraded, original, target depth).
 
@@ -149,6 +155,9 @@ def make_pairs(
     Returns float32 (count, window, crop, crop) twice and int64 depths (count,). `centres`: what
     tissue_centres gives for this stack, degradation and window (computed here when not given).
     `columns` ([first, stop)) keeps the crops inside that band of x (the blur's margin may reach out).
+    `axial_px`: slices of blur along z (Gaussian sigma) added per pixel of added lateral blur, as
+    deep slices mix their neighbours (0: lateral blur only); the window is read with the slices
+    that blur reaches, reflected at the stack's ends.
     """
     data = stack_array(stack)
     n_z, n_y, n_x = data.shape
@@ -169,6 +178,7 @@ def make_pairs(
     margin = int(
         math.ceil(3.0 * math.hypot(float(degradation.blur_sigma_px.max()), degradation.halo_sigma_px))
     )
+    reach_z = int(math.ceil(3.0 * axial_px * float(degradation.blur_sigma_px.max()))) if axial_px > 0 else 0
     degraded = np.empty((count, window, crop, crop), dtype=np.float32)
     targets = np.empty((count, window, crop, crop), dtype=np.float32)
     depths = np.empty(count, dtype=np.int64)
@@ -183,7 +193,7 @@ def make_pairs(
             y, x = int(rng.integers(0, n_y - crop + 1)), int(rng.integers(x_first, x_stop - crop + 1))
         y0, x0 = max(y - margin, 0), max(x - margin, 0)
         y1, x1 = min(y + crop + margin, n_y), min(x + crop + margin, n_x)
-        block = np.asarray(data[start : start + window, y0:y1, x0:x1], dtype=np.float64)
+        block = _read_block(data, start - reach_z, start + window + reach_z, (slice(y0, y1), slice(x0, x1)))
         # full margins (reflected where the stack ends), so the blur needs no padding of its own
         widths = [
             (0, 0),
@@ -193,7 +203,34 @@ def make_pairs(
         block = np.pad(block, widths, mode="reflect") if any(w != (0, 0) for w in widths) else block
         params = degradation.relative(start + window // 2, depth)
         inner = (slice(margin, margin + crop), slice(margin, margin + crop))
-        degraded[i] = degrade(block, params, rng, region=inner)
-        targets[i] = block[(Ellipsis, *inner)]
+        source, kept = _blur_along_z(block, axial_px * params["blur_sigma_px"], reach_z, window)
+        degraded[i] = degrade(source, params, rng, region=inner, noise_kept=kept)
+        targets[i] = block[(slice(reach_z, reach_z + window), *inner)]
         depths[i] = depth
     return degraded, targets, depths
+
+
+def _read_block(data: Any, first: int, stop: int, box: tuple[slice, slice]) -> np.ndarray:
+    """Slices first..stop-1 of `box` as float64, reflected (without repeating the end slice) where
+    they lie beyond the stack; reads only the slices inside it (lazy stacks read once)."""
+    n_z = int(data.shape[0])
+    wanted = np.arange(first, stop)
+    period = max(2 * (n_z - 1), 1)
+    folded = np.abs(wanted) % period
+    folded = np.where(folded >= n_z, period - folded, folded)
+    low, high = int(folded.min()), int(folded.max()) + 1
+    read = np.asarray(data[(slice(low, high), *box)], dtype=np.float64)
+    return read if first == low and stop == high else read[folded - low]
+
+
+def _blur_along_z(block: np.ndarray, sigma: float, reach: int, window: int) -> tuple[np.ndarray, float]:
+    """The `window` slices after `reach` of `block`, blurred along z by a Gaussian of `sigma` slices
+    (truncated within `reach`), and the share of white noise variance the blur keeps."""
+    inner = block[reach : reach + window]
+    if sigma <= 0 or reach == 0:
+        return inner, 1.0
+    offsets = np.arange(-reach, reach + 1)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    blurred = sum(w * block[reach + k : reach + k + window] for k, w in zip(offsets, weights, strict=True))
+    return np.asarray(blurred), float(np.sum(weights**2))

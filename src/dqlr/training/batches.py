@@ -56,6 +56,7 @@ def pair_sampler(
     columns: list[Columns] | None = None,
     defocus_only: list[bool] | None = None,
     resized: list[tuple[Any, float] | None] | None = None,
+    voxel_sizes: list[tuple[float, float, float] | None] | None = None,
 ) -> PairSampler | None:
     """Estimate each stack's degradation by depth (from the stack alone) and sample pairs from it.
 
@@ -72,12 +73,16 @@ def pair_sampler(
     `resized`: for a stack that is another resized in XY (the model's view of a stack at another
     pixel size), that stack at its own pixels and the zoom; its degradation is measured and its
     pairs are made there (see PairSampler), as enhancement measures a resized stack's blur.
+    `voxel_sizes` (ZYX µm, of the stacks as given): with depth_aware.axial_ratio above 0, pairs
+    are blurred along z too, by that ratio of their added lateral blur; a stack of unknown voxel
+    size gets lateral blur only.
     """
     settings = config.depth_aware
     estimates = {} if estimates is None else estimates
     bands = columns if columns is not None else [None] * len(stacks)
     defocus = defocus_only if defocus_only is not None else [False] * len(stacks)
     sources = resized if resized is not None else [None] * len(stacks)
+    sizes = voxel_sizes if voxel_sizes is not None else [None] * len(stacks)
 
     def estimate(data: Any, blur_only: bool) -> DepthDegradation:
         key = (id(data), blur_only)
@@ -87,16 +92,20 @@ def pair_sampler(
             )
         return estimates[key]
 
-    kept: list[tuple[Any, Normalization, DepthDegradation, Columns, float]] = []
-    for stack, norm, band, blur_only, source in zip(stacks, norms, bands, defocus, sources, strict=True):
+    kept: list[tuple[Any, Normalization, DepthDegradation, Columns, float, float]] = []
+    for stack, norm, band, blur_only, source, size in zip(
+        stacks, norms, bands, defocus, sources, sizes, strict=True
+    ):
         zoom = 1.0
         if source is not None:  # bands are in the resized stack's columns
             stack, zoom = source
             if band is not None:
                 band = (round(band[0] / zoom), min(round(band[1] / zoom), int(stack.shape[-1])))
         degradation = estimate(stack, blur_only)
+        # slices of z blur per pixel of lateral blur, at the pixels the pairs are made at
+        axial = 0.0 if size is None else settings.axial_ratio * size[1] * zoom / size[0]
         if degradation.reliable:
-            kept.append((stack, norm, degradation, band, zoom))
+            kept.append((stack, norm, degradation, band, zoom, axial))
     if not kept:
         return None
     return PairSampler(
@@ -110,6 +119,7 @@ def pair_sampler(
         augment=config.data.augment,
         columns=[k[3] for k in kept],
         zooms=[k[4] for k in kept],
+        axial_px=[k[5] for k in kept],
     )
 
 

@@ -134,7 +134,7 @@ class PairSampler:
     crop as enhancement resizes the slices, so the added noise has the grain of the real noise as
     the model sees it (noise added after a 2x enlargement is white at the model's pixels; the real
     noise, enlarged with the slices, is not). Their condition is the blur in the model's pixels
-    (times the zoom), as enhancement measures it.
+    (times the zoom), as enhancement measures it. `axial_px`: per stack, see make_pairs.
     """
 
     def __init__(
@@ -149,11 +149,13 @@ class PairSampler:
         augment: bool = True,
         columns: Sequence[Columns] | None = None,
         zooms: Sequence[float] | None = None,
+        axial_px: Sequence[float] | None = None,
     ) -> None:
         self.stacks, self.normalizations = list(stacks), list(normalizations)
         self.degradations = list(degradations)
         self.columns = list(columns) if columns is not None else [None] * len(self.stacks)
         self.zooms = list(zooms) if zooms is not None else [1.0] * len(self.stacks)
+        self.axial_px = list(axial_px) if axial_px is not None else [0.0] * len(self.stacks)
         self.length, self.crop, self.scale_px = length, crop, scale_px
         self.target_smoothing_px, self.augment = target_smoothing_px, augment
         self._centres: dict[int, np.ndarray] = {}  # per stack: tissue pixels to centre crops on
@@ -191,6 +193,7 @@ class PairSampler:
                 rng,
                 self._tissue_centres(int(index)),
                 self.columns[int(index)],
+                self.axial_px[int(index)],
             )
             if self.zooms[index] != 1.0:  # to the model's pixels, as StackView resizes a slice
                 shape = (*degraded.shape[:-2], self.crop, self.crop)

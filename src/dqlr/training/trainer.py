@@ -275,10 +275,18 @@ class Trainer:
             estimates: dict[Any, DepthDegradation] = {}
             data, norms = [s.data for s in self.stacks], [s.norm for s in self.stacks]
             defocus, resized = [s.defocus_only for s in self.stacks], [s.resized for s in self.stacks]
-            self.pairs = pair_sampler(data, norms, config, estimates, train_columns, defocus, resized)
+            sizes = [s.voxel_size for s in self.stacks]
+            self.pairs = pair_sampler(data, norms, config, estimates, train_columns, defocus, resized, sizes)
             val = self.val
             val_pairs = pair_sampler(
-                [val.data], [val.norm], config, estimates, [val_columns], [val.defocus_only], [val.resized]
+                [val.data],
+                [val.norm],
+                config,
+                estimates,
+                [val_columns],
+                [val.defocus_only],
+                [val.resized],
+                [val.voxel_size],
             )
             if val_pairs is not None:
                 rng = np.random.default_rng(VAL_PAIR_SEED)

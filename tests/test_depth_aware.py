@@ -50,3 +50,23 @@ def test_depth_aware_sharpens_deep_slices_more_than_paper_mode(plants, tmp_path)
         result = enhance(plants[1].observed, path, guard=False)
         sharp[name] = np.mean([sharpness(result[z]) for z in deep])
     assert sharp["aware"] > 1.1 * sharp["paper"], sharp
+
+
+def test_the_trainers_pairs_take_their_blur_along_z_from_each_stacks_voxel_size(plants) -> None:
+    """axial_ratio is in µm per µm: a stack of 1 µm slices and 0.25 µm pixels gets 0.75 slices of z
+    blur per pixel of lateral blur at ratio 3, one of 0.5 µm slices twice that; a stack of unknown
+    voxel size gets none; the shipped recipe (ratio 0) none at all."""
+    from dqlr.io import Stack
+    from dqlr.training.trainer import Trainer
+
+    config = tiny_config().with_overrides({"mode": "depth-aware", "depth_aware.axial_ratio": 3.0})
+    given = [
+        Stack(plants[0].observed, (1.0, 0.25, 0.25)),
+        Stack(plants[1].observed, (0.5, 0.25, 0.25)),
+        plants[0].observed,  # no voxel size
+    ]
+    trainer = Trainer(config, given, plants[1].observed, RunOptions(progress=False))
+    assert trainer.pairs is not None
+    assert trainer.pairs.axial_px == pytest.approx([0.75, 1.5, 0.0])
+    shipped = Trainer(config.with_overrides({"depth_aware.axial_ratio": 0.0}), given[:1], plants[1].observed)
+    assert shipped.pairs is not None and shipped.pairs.axial_px == [0.0]

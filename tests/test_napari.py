@@ -107,6 +107,11 @@ def test_enhance_adds_a_layer_of_the_same_shape_scale_and_type(viewer, qtbot, pl
     options = dqlr.EnhanceOptions(tile=64, overlap=32, voxel_size=plant.voxel_size)
     expected = dqlr.enhance(plant.observed, options=options)
     assert np.array_equal(result.data, expected)
+    widget.both_directions.value = True  # the second pass, from below, as the option gives it
+    widget.start()
+    qtbot.waitUntil(lambda: _finished(widget) and "sam dqlr [1]" in viewer.layers, timeout=WAIT_MS)
+    both = dqlr.enhance(plant.observed, options=options.model_copy(update={"both_directions": True}))
+    assert np.array_equal(viewer.layers["sam dqlr [1]"].data, both) and not np.array_equal(both, expected)
 
 
 def test_enhance_can_be_cancelled(viewer, qtbot, plant) -> None:

@@ -94,6 +94,10 @@ class EnhanceWidget(Container):
         self.adapt = CheckBox(text="adapt the model to this stack first", value=False)
         self.adapt_minutes = FloatSpinBox(label="adapt minutes", value=3.0, min=0.1, max=600.0, step=0.5)
         self.tile = SpinBox(label="tile size", value=defaults.tile, min=16, max=8192, step=16)
+        self.both_directions = CheckBox(
+            text="both directions (each slice also sees the one below; twice the time)",
+            value=defaults.both_directions,
+        )
         self.run = PushButton(text="Enhance")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="slices", value=0, min=0, max=1)
@@ -106,6 +110,7 @@ class EnhanceWidget(Container):
                 self.adapt,
                 self.adapt_minutes,
                 self.tile,
+                self.both_directions,
                 self.run,
                 self.cancel,
                 self.progress,
@@ -126,7 +131,12 @@ class EnhanceWidget(Container):
             return
         tile = self.tile.value
         overlap = min(EnhanceOptions().overlap, tile // 2)  # the overlap shrinks with a small tile
-        options = EnhanceOptions.of(tile=tile, overlap=overlap, voxel_size=voxel_size_of(layer.scale))
+        options = EnhanceOptions.of(
+            tile=tile,
+            overlap=overlap,
+            voxel_size=voxel_size_of(layer.scale),
+            both_directions=self.both_directions.value,
+        )
         model = str(self.model_file.value) if self.model_file.value else self.mode.value
         minutes = self.adapt_minutes.value if self.adapt.value else None
         self.worker = create_worker(

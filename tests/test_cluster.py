@@ -99,14 +99,15 @@ def test_files_on_the_cluster_equal_the_serial_run(model_file, client, folder, t
 
 
 @pytest.mark.parametrize(
-    ("dtype", "sharp_end", "guard"), [("uint16", "auto", True), ("float32", "bottom", False)]
+    ("dtype", "sharp_end", "guard", "both_directions"),
+    [("uint16", "auto", True, False), ("float32", "bottom", False, True)],
 )
 def test_a_wide_zarr_stack_in_blocks_equals_the_serial_run(
-    model_file, client, tmp_path, dtype, sharp_end, guard
+    model_file, client, tmp_path, dtype, sharp_end, guard, both_directions
 ) -> None:
     data = simulate_plant(shape=(6, 70, 90), seed=5).observed.astype(dtype)
     source = write_stack(tmp_path / "wide.zarr", data, voxel_size=(1.0, 0.3, 0.3))
-    options = EnhanceOptions(**SMALL_TILES, sharp_end=sharp_end, guard=guard)
+    options = EnhanceOptions(**SMALL_TILES, sharp_end=sharp_end, guard=guard, both_directions=both_directions)
     [serial] = enhance_files([source], tmp_path / "serial.zarr", model_file, options, progress=False)
     [outcome] = distributed.enhance_files(
         client, [source], tmp_path / "blocks.zarr", model_file, options, progress=False, block=32

@@ -88,10 +88,13 @@ def test_the_sharp_end_is_measured_at_the_models_pixel_size() -> None:
 class _Counter:
     """Stands in for a progress bar."""
 
-    n = 0
+    def __init__(self) -> None:
+        self.n = 0
+        self.steps: list[int] = []
 
     def update(self, k: int) -> None:
         self.n += k
+        self.steps.append(k)
 
 
 def test_a_focus_inside_the_stack_is_found_and_each_side_enhanced_from_it() -> None:
@@ -119,6 +122,14 @@ def test_a_focus_inside_the_stack_is_found_and_each_side_enhanced_from_it() -> N
     assert order[: 24 - inside] == list(range(inside, 24)) and order[24 - inside :] == list(
         range(inside - 1, -1, -1)
     )
+    # both directions: each pass is half of every slice's work, the bar still counts whole slices
+    both = _Counter()
+    both_order = [
+        z
+        for z, _, _ in enhanced_slices(plan, model, dqlr.EnhanceOptions(both_directions=True), both)  # type: ignore[arg-type]
+    ]
+    assert both_order == order
+    assert both.n == 24 and all(type(k) is int for k in both.steps)
 
 
 def test_unfamiliar_structure_is_measured_and_named() -> None:

@@ -437,8 +437,9 @@ def enhanced_slices(
         )
     done: set[int] = set()
     plan.guarded.clear()  # a plan enhanced again starts its record afresh
+    ticker = _WholeSlices(progress)
     for view, levels in zip(plan.views, plan.levels, strict=True):
-        from_below = _enhanced_from_below(view, levels, model, plan.norm, options, window, progress)
+        from_below = _enhanced_from_below(view, levels, model, plan.norm, options, window, ticker, done)
         step = 1.0 if from_below is None else 0.5  # each pass is half a slice's work
         for z, (enhanced, predicted, observed) in enumerate(
             iter_enhanced(view, model, plan.norm, options, None, levels, window)
@@ -449,8 +450,7 @@ def enhanced_slices(
             if source in done:  # the focus slice of a split stack: kept from the lower part
                 continue
             done.add(source)
-            if progress is not None:
-                progress.update(step)
+            ticker.add(step)
             if options.guard and window is None and not explains(enhanced, observed):
                 enhanced = ndimage.gaussian_filter(observed, FALLBACK_SIGMA_PX).astype(np.float32)
                 plan.guarded.append(source)
@@ -465,7 +465,8 @@ def _enhanced_from_below(
     norm: Normalization,
     options: EnhanceOptions,
     window: tuple[slice, slice] | None,
-    progress: tqdm | None = None,
+    ticker: _WholeSlices,
+    done: set[int],
 ) -> np.ndarray | None:
     """With options.both_directions, the view enhanced bottom-up (each slice with the slice below
     as its context), in the view's order, to be averaged with the top-down pass; else None.
@@ -474,19 +475,37 @@ def _enhanced_from_below(
     a neighbour from either side serves as context: bottom-up alone scored within 0.05 dB of
     top-down on the validation plant's deepest third, and their average above both
     (benchmarks/results/both_directions.md). Holds the view's enhanced slices (float32) in memory.
-    `progress` advances half a slice for each slice of this pass (the other half comes with the
-    top-down pass).
+    `ticker` advances half a slice for each slice of this pass not in `done` (the other half comes
+    with the top-down pass; the focus slice of a split stack counts once).
     """
     if not options.both_directions:
         return None
     turned = StackView(view, flip=True)
     reversed_levels = None if levels is None else np.ascontiguousarray(levels[::-1])
     slices = []
-    for enhanced, _, _ in iter_enhanced(turned, model, norm, options, None, reversed_levels, window):
+    for z, (enhanced, _, _) in enumerate(
+        iter_enhanced(turned, model, norm, options, None, reversed_levels, window)
+    ):
         slices.append(enhanced)
-        if progress is not None:
-            progress.update(0.5)
+        if view.source_index(turned.source_index(z)) not in done:
+            ticker.add(0.5)
     return np.stack(slices[::-1])
+
+
+class _WholeSlices:
+    """Passes whole slices to a progress bar from half-slice steps, so the bar counts integers
+    (24/24, not 24.0/24) when both directions each do half a slice's work."""
+
+    def __init__(self, bar: tqdm | None) -> None:
+        self.bar = bar
+        self.owed = 0.0
+
+    def add(self, amount: float) -> None:
+        self.owed += amount
+        whole = int(self.owed)
+        if whole and self.bar is not None:
+            self.bar.update(whole)
+        self.owed -= whole
 
 
 def _coarse(image: np.ndarray) -> np.ndarray:

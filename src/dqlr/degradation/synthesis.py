@@ -96,9 +96,8 @@ def degrade(
     axes = [0.0] * (x.ndim - 2) + [1.0, 1.0]
     mean_in, mean_out = ndimage.gaussian_filter(x, axes), ndimage.gaussian_filter(expected, axes)
     x, expected, mean_in, mean_out = x[keep], expected[keep], mean_in[keep], mean_out[keep]
-    kept = noise_kept * kernel_energy(
-        terms
-    )  # share of the input's white noise variance left after the filter
+    # share of the input's white noise variance left after the filter (and any filtering before)
+    kept = noise_kept * kernel_energy(terms)
     left = kept * (gain * np.maximum(mean_in - offset, 0.0) + read2)
     target = gain * np.maximum(mean_out - offset, 0.0) + read2
     read_add = read2 * max(1.0 - kept, 0.0)

@@ -116,8 +116,9 @@ class DepthAwareConfig(_Strict):
     condition_scale_px: float = Field(4.0, gt=0.0)  # blur sigma (px) that maps to condition 1
     # Added blur along z (µm) per µm of added lateral blur in the pairs (0: lateral blur only).
     # Deep slices also mix their neighbours; a confocal PSF is about 3x longer along z than wide.
-    # Needs the stacks' voxel size (stacks without one get lateral blur only). On the validation
-    # plant 3 gave +0.09 dB and +0.020 SSIM deep over the shipped default (train_budget.md).
+    # Needs the stacks' voxel size (stacks without one get lateral blur only). 3 gained +0.07 to
+    # +0.09 dB deep on the validation plant (train_budget.md) but drew structure into nuclei and
+    # silenced the familiarity warning (candidate_gate.md), so the default stays 0.
     axial_ratio: float = Field(0.0, ge=0.0, le=10.0)
 
 

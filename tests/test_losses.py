@@ -5,7 +5,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
 from dqlr.config import LossConfig
-from dqlr.training.losses import dqlr_loss, ssim
+from dqlr.training.losses import dqlr_loss, ssim, wall_weights
 
 
 def _images(seed: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -48,3 +48,35 @@ def test_the_loss_sums_one_minus_ssim_over_slices_each_as_scikit_image_scores_it
     assert parts["ssim_loss"] == pytest.approx(expected, abs=2e-3)
     assert float(total) == pytest.approx(parts["mse"] + parts["ssim_loss"], rel=1e-6)
     assert parts["ssim_loss"] > 0.3  # the noisy slices count
+
+
+def _walls(size: int = 48) -> torch.Tensor:
+    """A dim background crossed by two 2 px bright walls, as (1, 1, H, W)."""
+    image = torch.full((size, size), 0.1)
+    image[:, 20:22] = 1.0
+    image[30:32, :] = 1.0
+    return image[None, None]
+
+
+def test_wall_weights_favour_thin_walls_and_keep_the_mean() -> None:
+    target = _walls()
+    weights = wall_weights(target, 2.0)
+    assert float(weights.mean()) == pytest.approx(1.0, abs=1e-5)
+    assert float(weights[0, 0, 5, 20]) > 3 * float(weights[0, 0, 5, 5])  # on a wall vs background
+
+
+def test_wall_weight_makes_an_error_on_a_wall_cost_more_than_in_the_background() -> None:
+    target = _walls()
+    on_wall, off_wall = target.clone(), target.clone()
+    on_wall[0, 0, 5:10, 20] -= 0.5
+    off_wall[0, 0, 5:10, 5] += 0.5
+    plain = LossConfig(lambda_ssim=0.0, lambda_quant=0.0)
+    walls = LossConfig(lambda_ssim=0.0, lambda_quant=0.0, wall_weight=2.0)
+    zero = torch.zeros(())
+    assert dqlr_loss(on_wall, target, zero, plain)[1]["mse"] == pytest.approx(
+        dqlr_loss(off_wall, target, zero, plain)[1]["mse"]
+    )
+    assert (
+        dqlr_loss(on_wall, target, zero, walls)[1]["mse"]
+        > 3 * dqlr_loss(off_wall, target, zero, walls)[1]["mse"]
+    )

@@ -95,6 +95,10 @@ class LossConfig(_Strict):
     lambda_ssim: float = Field(1.0, ge=0.0)
     lambda_quant: float = Field(1.0, ge=0.0)
     ssim_sigma: float = Field(1.5, gt=0.0)
+    # Extra MSE weight on the target's thin bright walls (0: plain MSE). Walls are a small share of
+    # a slice's pixels, so a plain MSE is mostly background; see dqlr.training.losses.wall_weights.
+    # 1 scored the same as 0 on the validation plant (train_budget.md), so the default stays 0.
+    wall_weight: float = Field(0.0, ge=0.0)
 
 
 class DataConfig(_Strict):

@@ -26,6 +26,25 @@ def _blur(x: Tensor, taps: Tensor) -> Tensor:
     return F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def _blur_same(x: Tensor, sigma: float) -> Tensor:
+    """Gaussian filter with reflected borders, so the result has the input's size."""
+    taps = torch.tensor(_gaussian_taps(sigma), dtype=x.dtype, device=x.device)
+    radius = len(taps) // 2
+    return _blur(F.pad(x, (radius, radius, radius, radius), mode="reflect"), taps)
+
+
+def wall_weights(targets: Tensor, weight: float) -> Tensor:
+    """Per-pixel MSE weights that favour thin bright walls, with mean 1 in every image.
+
+    The walls are found as the positive part of a difference of Gaussians (sigma 1 and 3 px) of
+    the target, scaled by its mean; a pixel's weight is (1 + weight * that) / (1 + weight), so
+    the loss keeps its scale next to the SSIM and VQ terms.
+    """
+    ridge = F.relu(_blur_same(targets, 1.0) - _blur_same(targets, 3.0))
+    ridge = ridge / ridge.mean(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    return (1 + weight * ridge) / (1 + weight)
+
+
 def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, sigma: float = 1.5) -> Tensor:
     """Mean SSIM of (B, C, H, W) images, as skimage's structural_similarity(gaussian_weights=True).
 
@@ -49,7 +68,10 @@ def dqlr_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """MSE + lambda_s (1 - SSIM) + lambda_q VQ, summed over the reconstructed and predicted slices."""
     outputs, targets = outputs.float(), targets.float()
-    mse = F.mse_loss(outputs, targets, reduction="none").mean(dim=(0, 2, 3)).sum()
+    errors = F.mse_loss(outputs, targets, reduction="none")
+    if config.wall_weight > 0:
+        errors = errors * wall_weights(targets, config.wall_weight)
+    mse = errors.mean(dim=(0, 2, 3)).sum()
     total = mse + config.lambda_quant * vq_loss.float()
     ssim_loss = outputs.new_zeros(())
     if config.lambda_ssim > 0:  # summed over the slices: their count times the mean over all of them

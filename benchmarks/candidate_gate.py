@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
+from both_directions import GUARD_NOTE
+from both_directions import scores as plant_thirds
 from check_calibration import familiarity
 from harness.cases import cases
+from out_of_domain import MODEL_PIXEL_UM, tuned_settings, with_notes
 from out_of_domain import scores as case_scores
-from out_of_domain import tuned_settings, with_notes
 from shipped_scores import plants
 
 import dqlr
@@ -38,27 +39,17 @@ from dqlr.inference.enhance import UNFAMILIAR_RATIO
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-MODEL_PIXEL_UM = 0.25  # pixel size the smoothing was tuned at (as out_of_domain.py)
 FAMILIARITY_NOTE = "unlike the model's training data"
-GUARD_NOTE = "are plain smoothing of the input"
 SAM = "SAM"  # familiarity rows of simulated SAM stacks start with this
 
 
 def plant_scores(model: Any, held_out: bool) -> dict[str, dict[str, float]]:
     out = {}
     for plant, (observed, clean) in plants().items():
-        if plant != "validation plant" and not held_out:
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", dqlr.DqlrWarning)
-            result = dqlr.enhance(observed, model, device="cpu")
-        thirds = dqlr.evaluate(result, reference=clean)["result"]["thirds"]
-        out[plant] = {k: thirds[m][t] for k, (m, t) in _KEYS.items()}
-        print(plant, out[plant], flush=True)
+        if plant == "validation plant" or held_out:
+            out[plant] = plant_thirds(observed, clean, model, both=False)
+            print(plant, out[plant], flush=True)
     return out
-
-
-_KEYS = {"psnr_deep": ("psnr", "deep"), "ssim_deep": ("ssim", "deep"), "psnr_top": ("psnr", "top")}
 
 
 def case_rows(model: Any) -> dict[str, dict[str, Any]]:

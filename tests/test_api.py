@@ -1,4 +1,4 @@
-"""The public API: eleven functions, always functions, callable twice, and the README's code runs."""
+"""The public API: twelve functions, always functions, callable twice, and the README's code runs."""
 
 from __future__ import annotations
 

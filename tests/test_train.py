@@ -232,11 +232,12 @@ def test_init_takes_the_network_from_the_model_and_refuses_another(tiny_plants, 
 
 
 def test_a_time_budget_ends_the_epoch_early_and_saves(tiny_plants, tmp_path) -> None:
-    config = tiny_config().with_overrides({"train.epochs": 3, "train.steps_per_epoch": 50})
+    config = tiny_config().with_overrides({"train.epochs": 3, "train.steps_per_epoch": 500})
     run = RunOptions(progress=False, device="cpu", max_minutes=0.002)
     result = train(tiny_plants[:1], tmp_path / "run", config, run=run)
     assert result.out_of_time and not result.interrupted
-    assert len(result.history) == 1 and result.history[0]["step"] < 10
+    # 0.12 s is a few to a few dozen steps, by the machine's speed: far fewer than the epoch's 500
+    assert len(result.history) == 1 and result.history[0]["step"] < 500
     loaded = load_model(result.best)
     assert loaded.meta["epoch"] == 1 and (tmp_path / "run" / "last.pt").is_file()
     assert "max_minutes" not in (tmp_path / "run" / "config.yaml").read_text()

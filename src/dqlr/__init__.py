@@ -1,6 +1,6 @@
 """dqlr: restore the deep, degraded slices of confocal z-stacks with DQLR.
 
-The public API is eleven functions of the same shape as the command line, plus the settings types:
+The public API is twelve functions of the same shape as the command line, plus the settings types:
 
     stack = dqlr.read_stack("my_stack.tif")
     result = dqlr.enhance(stack.data)
@@ -23,6 +23,7 @@ from dqlr.api import (
     read_stack,
     simulate,
     train,
+    train_segmenter,
     write_stack,
 )
 from dqlr.config import Config, EnhanceOptions, RunOptions
@@ -49,5 +50,6 @@ __all__ = [
     "read_stack",
     "simulate",
     "train",
+    "train_segmenter",
     "write_stack",
 ]

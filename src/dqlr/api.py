@@ -1,4 +1,4 @@
-"""The public Python API: ten functions of the same shape as the `dqlr` commands.
+"""The public Python API: twelve functions of the same shape as the `dqlr` commands.
 
 Each function imports its working module on first call, so `import dqlr` stays fast and a name
 here never stands for a module (`dqlr.enhance` is always this function).
@@ -16,6 +16,7 @@ from dqlr.config import Config, EnhanceOptions, RunOptions
 
 if TYPE_CHECKING:
     from dqlr.degradation import DepthDegradation
+    from dqlr.evaluation.boundaries import BoundaryModel
     from dqlr.inference.enhance import FileOutcome
     from dqlr.io import Stack
     from dqlr.model.checkpoint import LoadedModel
@@ -288,14 +289,55 @@ def evaluate(
     labels: np.ndarray | None = None,
     segment: bool = False,
     volume: bool = False,
+    segmenter: Any = None,
 ) -> dict[str, Any]:
     """Quality by depth: PSNR/SSIM against a clean reference if given, and always sharpness,
     membrane contrast and noise; with `input`, the gain over it per third of the stack. With true
     cell `labels` (or `segment`), a membrane segmentation scored (or counted) by depth, slice by
-    slice or, with `volume`, as one 3-D watershed (as `dqlr evaluate --labels/--segment/--volume`)."""
+    slice or, with `volume`, as one 3-D watershed, or with `segmenter` (a model of
+    `train_segmenter` or its file) cut along learned walls (as `dqlr evaluate --labels/--segment/
+    --volume/--segmenter`)."""
     from dqlr.evaluation.metrics import evaluate as _evaluate
 
-    return _evaluate(result, reference, input, labels, segment, volume)
+    return _evaluate(result, reference, input, labels, segment, volume, segmenter)
+
+
+def train_segmenter(
+    stacks: Sequence[StackLike],
+    labels: Sequence[StackLike],
+    out: PathLike | None = None,
+    *,
+    steps: int = 3000,
+    minutes: float | None = None,
+    depth_share: float = 2 / 3,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+) -> BoundaryModel:
+    """Train a learned segmenter (a wall network and a watershed, dqlr.evaluation.boundaries) on
+    ZYX stacks and their cell labels (arrays or files; the upper `depth_share` of each), for
+    `evaluate(..., segmenter=...)`. With `out`, saved there atomically (an existing file only with
+    `force`). As `dqlr train-segmenter`."""
+    from dqlr.atomic import refuse_existing
+    from dqlr.errors import DqlrError
+    from dqlr.evaluation.boundaries import save_boundary_model, train_boundary_model
+
+    if out is not None:
+        refuse_existing(out, force)
+    if len(stacks) != len(labels) or not stacks:
+        raise DqlrError(f"give one labels stack per stack: {len(stacks)} stacks, {len(labels)} labels")
+    images = [_as_array(stack) for stack in stacks]
+    truths = [_as_array(truth) for truth in labels]
+    model = train_boundary_model(
+        images, truths, steps=steps, minutes=minutes, depth_share=depth_share, seed=seed, progress=progress
+    )
+    if out is not None:
+        save_boundary_model(model, out)
+    return model
+
+
+def _as_array(stack: StackLike) -> np.ndarray:
+    return read_stack(stack).data if isinstance(stack, str | Path) else np.asarray(stack)
 
 
 def load_model(path: PathLike | None = None, device: str = "cpu") -> LoadedModel:

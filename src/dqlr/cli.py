@@ -171,7 +171,15 @@ def _evaluate(args: argparse.Namespace) -> None:
         if path is not None:
             refuse_existing(path, args.force)
     evaluation = evaluate_files(
-        args.result, args.reference, args.input, args.json, args.csv, args.labels, args.segment, args.volume
+        args.result,
+        args.reference,
+        args.input,
+        args.json,
+        args.csv,
+        args.labels,
+        args.segment,
+        args.volume,
+        args.segmenter,
     )
     print(format_table(evaluation))
 
@@ -237,6 +245,22 @@ def _convert(args: argparse.Namespace) -> None:
     from dqlr.model.checkpoint import convert_checkpoint
 
     print(f"converted: {convert_checkpoint(args.model, args.output, force=args.force)}")
+
+
+def _train_segmenter(args: argparse.Namespace) -> None:
+    from dqlr.api import train_segmenter
+
+    model = train_segmenter(
+        args.stacks,
+        args.labels,
+        args.output,
+        steps=args.steps,
+        minutes=args.minutes,
+        depth_share=args.depth_share,
+        force=args.force,
+    )
+    trained = model.trained_on
+    print(f"segmenter: {args.output} ({trained['steps']} steps on {trained['slices']} slices)")
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -442,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --labels or --segment: one 3-D seeded watershed of the whole stack (read into "
         "memory) instead of one per slice; finds more cells",
     )
+    p.add_argument(
+        "--segmenter",
+        type=Path,
+        help="with --labels or --segment: cut each slice along the walls a trained wall network "
+        "finds (a file of `dqlr train-segmenter`) instead of the intensity watershed",
+    )
     p.add_argument("--json", type=Path, help="write all numbers as JSON")
     p.add_argument("--csv", type=Path, help="write per-slice numbers as CSV")
     p.add_argument("--force", action="store_true", help="overwrite existing --json/--csv files")
@@ -511,6 +541,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(run=_export)
+
+    p = sub.add_parser(
+        "train-segmenter", help="train a learned segmenter (wall network + watershed) for evaluate"
+    )
+    p.add_argument("stacks", type=Path, nargs="+", help="ZYX membrane stacks")
+    p.add_argument("--labels", type=Path, nargs="+", required=True, help="their cell labels, one per stack")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the segmenter file (.pt)")
+    p.add_argument("--steps", type=int, default=3000, help="training steps (default: 3000)")
+    p.add_argument("--minutes", type=float, help="stop after this many minutes")
+    p.add_argument(
+        "--depth-share",
+        type=float,
+        default=2 / 3,
+        help="train on this upper share of each stack (default: 2/3, the good slices)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(run=_train_segmenter)
 
     p = sub.add_parser("convert", help="rewrite a model file of an older dqlr in today's format")
     p.add_argument("model", type=Path, help="the old model file (read safely: weights only)")

@@ -19,6 +19,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dqlr.atomic import atomic_path, write_text
 from dqlr.errors import DqlrError
+from dqlr.evaluation.boundaries import BoundaryModel, load_boundary_model, segment_slice_learned
 from dqlr.evaluation.segmentation import SCORES, segment_slice, segment_stack, slice_scores
 from dqlr.io import check_finite, read_stack
 from dqlr.tissue import tissue_mask
@@ -200,6 +201,7 @@ def _measure(
     labels: Any | None = None,
     segment: bool = False,
     volume: bool = False,
+    segmenter: Any | None = None,
 ) -> dict[str, Any]:
     """Per-slice measures of one stack and their thirds; reads one slice at a time (all of them
     at once for a volume segmentation)."""
@@ -219,7 +221,12 @@ def _measure(
         values["contrast"].append(membrane_contrast(plane))
         values["noise"].append(noise_level(plane))
         if labels is not None or segment:
-            cells = in_3d[z] if in_3d is not None else segment_slice(plane)
+            if in_3d is not None:
+                cells = in_3d[z]
+            elif segmenter is not None:
+                cells = segment_slice_learned(stack, z, segmenter)
+            else:
+                cells = segment_slice(plane)
             values["cells"].append(float(len(np.unique(cells[cells > 0]))))
         if labels is not None:
             for key, value in slice_scores(np.asarray(labels[z]), cells).items():
@@ -245,6 +252,7 @@ def _evaluate(
     labels: Any | None = None,
     segment: bool = False,
     volume: bool = False,
+    segmenter: Any | None = None,
 ) -> dict[str, Any]:
     shapes = {names["result"] or "result": tuple(result.shape)}
     if reference is not None:
@@ -256,6 +264,12 @@ def _evaluate(
     _check_shapes(shapes)
     if volume and labels is None and not segment:
         raise DqlrError("a volume segmentation (--volume) needs --labels or --segment")
+    if segmenter is not None:
+        if labels is None and not segment:
+            raise DqlrError("a segmenter (--segmenter) needs --labels or --segment")
+        if volume:
+            raise DqlrError("the learned segmenter cuts slice by slice; drop --volume or --segmenter")
+        segmenter = _as_segmenter(segmenter)
     metrics = _metrics(reference, labels, segment)
     evaluation: dict[str, Any] = {
         "n_slices": int(result.shape[0]),
@@ -263,11 +277,11 @@ def _evaluate(
         "has_reference": reference is not None,
         "has_labels": labels is not None,
         "has_input": input is not None,
-        "result": _measure(result, reference, names["result"], labels, segment, volume),
-        "segmentation": "volume" if volume else "slices",
+        "result": _measure(result, reference, names["result"], labels, segment, volume, segmenter),
+        "segmentation": "volume" if volume else "learned" if segmenter is not None else "slices",
     }
     if input is not None:
-        before = _measure(input, reference, names["input"], labels, segment, volume)
+        before = _measure(input, reference, names["input"], labels, segment, volume, segmenter)
         after = evaluation["result"]["thirds"]
         evaluation["input"] = before
         evaluation["gain"] = {
@@ -284,6 +298,7 @@ def evaluate(
     labels: Any | None = None,
     segment: bool = False,
     volume: bool = False,
+    segmenter: BoundaryModel | str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Per-slice measures and top/middle/deep means of a result, and of its input if given.
 
@@ -292,12 +307,17 @@ def evaluate(
     membrane segmentation of every slice scored against them (dqlr.evaluation.segmentation: share
     of cells found at IoU >= 0.5, adapted Rand error, split and merged cells); with labels or
     `segment`, the number of cells that segmentation finds per slice; with `volume` the stack is
-    segmented as one volume (a 3-D seeded watershed, read whole) instead. "gain" is result
-    minus input per third (for noise, Rand error, split and merged, lower is better). Stacks may be
-    lazy; they are read one slice at a time.
+    segmented as one volume (a 3-D seeded watershed, read whole) instead; with a `segmenter` (a
+    trained wall network, dqlr.evaluation.boundaries, or its file) each slice is cut along its
+    walls instead. "gain" is result minus input per third (for noise, Rand error, split and merged,
+    lower is better). Stacks may be lazy; they are read one slice at a time.
     """
     names: dict[str, str | None] = {"result": None, "reference": None, "input": None, "labels": None}
-    return _evaluate(result, reference, input, names, labels, segment, volume)
+    return _evaluate(result, reference, input, names, labels, segment, volume, segmenter)
+
+
+def _as_segmenter(segmenter: BoundaryModel | str | os.PathLike) -> BoundaryModel:
+    return segmenter if isinstance(segmenter, BoundaryModel) else load_boundary_model(Path(segmenter))
 
 
 def _jsonable(value: Any) -> Any:
@@ -381,6 +401,7 @@ def evaluate_files(
     labels_path: str | os.PathLike | None = None,
     segment: bool = False,
     volume: bool = False,
+    segmenter_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """`evaluate` on stacks read from files (lazily, slice by slice); optionally writes JSON and CSV."""
     result = read_stack(result_path, lazy=True)
@@ -401,6 +422,7 @@ def evaluate_files(
         None if labels is None else labels.data,
         segment,
         volume,
+        segmenter_path,
     )
     evaluation["files"] = names
     if json_path is not None:

@@ -267,15 +267,22 @@ def cut_along_walls(probability: np.ndarray, settings: BoundarySettings) -> np.n
 
 
 def segment_slice_learned(
-    stack: Any, z: int, model: BoundaryModel, settings: BoundarySettings | None = None
+    stack: Any,
+    z: int,
+    model: BoundaryModel,
+    settings: BoundarySettings | None = None,
+    probability: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cell labels of slice z of a ZYX membrane stack, cut along the network's walls (0 outside the
-    tissue; all 0 on a slice with no cells). Reads slice z and its neighbours only."""
+    tissue; all 0 on a slice with no cells). Reads slice z and its neighbours only. `probability`:
+    the slice's wall probability if already computed (to try several settings on one pass)."""
     plane = np.asarray(stack[z], np.float64)
     low, high = np.percentile(ndimage.gaussian_filter(plane, _INTENSITY.sigma_px), [1, 99])
     if _no_cells(plane, low, high, _INTENSITY):
         return np.zeros(plane.shape, np.int32)
-    cells = cut_along_walls(wall_probability(stack, z, model), settings or model.settings)
+    if probability is None:
+        probability = wall_probability(stack, z, model)
+    cells = cut_along_walls(probability, settings or model.settings)
     return _inside_tissue(cells, plane, float(low)).astype(np.int32)
 
 
